@@ -1,0 +1,117 @@
+"""The one configuration model: `STOCKADE_*` environment variables over an optional TOML file.
+
+Precedence (highest first): keyword arguments, environment, the TOML file named by
+`STOCKADE_CONFIG_FILE`, then the defaults below. Defaults are the safe ones: loopback binds,
+never pull images.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class PullPolicy(str, Enum):
+    """When the engine may pull an image from a registry. Stockade builds its images locally."""
+
+    never = "never"
+    if_missing = "if-missing"
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _default_data_dir() -> Path:
+    return Path("/var/lib/stockade") if _is_root() else Path.home() / ".local/share/stockade"
+
+
+def _default_cache_dir() -> Path:
+    return Path("/var/cache/stockade") if _is_root() else Path.home() / ".cache/stockade"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Database, keys, logs.")
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Downloaded packages and the base root filesystem; shared between data dirs.",
+    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in data_dir if unset.")
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8700, ge=0, le=65535)
+    control_host: str = "127.0.0.1"
+    control_port: int = Field(default=8701, ge=0, le=65535)
+    public_url: str | None = Field(default=None, description="The gateway URL clients use, if not host:port.")
+
+    master_key: SecretStr | None = Field(default=None, description="Base64 master key (else the key file).")
+    master_key_file: Path | None = Field(default=None, description="0600 key file; data_dir/master.key if unset.")
+
+    docker_host: str | None = Field(default=None, description="Engine URL; else DOCKER_HOST, else the socket.")
+    pull_policy: PullPolicy = PullPolicy.never
+    install_engine: bool = Field(default=True, description="On Debian as root, install docker.io if absent.")
+    debian_mirror: str | None = Field(default=None, description="Mirror for the base image; else apt's own.")
+
+    catalog_file: Path | None = Field(default=None, description="Catalog YAML; the bundled one if unset.")
+    log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("STOCKADE_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'stockade.db'}"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.public_url or f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.control_host}:{self.control_port}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning pydantic's validation error into a `ConfigError` that names fields."""
+    from pydantic import ValidationError
+
+    from stockade.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid settings: {problems}",
+            hint="check STOCKADE_* environment variables and the file in STOCKADE_CONFIG_FILE",
+        ) from None
