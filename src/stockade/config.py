@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     install_engine: bool = Field(default=True, description="On Debian as root, install docker.io if absent.")
     debian_mirror: str | None = Field(default=None, description="Mirror for the base image; else apt's own.")
 
+    token: SecretStr | None = Field(default=None, description="Admin token the CLI presents to the management API.")
+
     catalog_file: Path | None = Field(default=None, description="Catalog YAML; the bundled one if unset.")
     log_level: str = "info"
 

@@ -1,0 +1,241 @@
+"""The `stockade` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stockade.cli.client import ApiClient
+from stockade.cli.output import console, emit, errors
+from stockade.config import Settings, load_settings
+from stockade.errors import StockadeError
+
+app = typer.Typer(no_args_is_help=True, help="Run MCP servers as governed, isolated infrastructure.")
+members_app = typer.Typer(no_args_is_help=True, help="Members and their roles.")
+tokens_app = typer.Typer(no_args_is_help=True, help="Bearer tokens (shown once, stored hashed).")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Approved MCP servers.")
+app.add_typer(members_app, name="members")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
+app.add_typer(catalog_app, name="catalog")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def api() -> ApiClient:
+    return ApiClient(settings())
+
+
+def progress(message: str) -> None:
+    console.print(f"[dim]•[/dim] {message}", highlight=False)
+
+
+# -- running the platform -------------------------------------------------------------------------
+@app.command()
+def up(
+    servers: Annotated[
+        str, typer.Option(help="Comma-separated bundled catalog entries to deploy ('' for none).")
+    ] = "time,everything,filesystem",
+) -> None:
+    """Start the platform with embedded defaults, deploy the example servers, print how to connect."""
+    from stockade.cli.run import run_platform
+
+    run_platform(settings(), deploy=[s for s in servers.split(",") if s], progress=progress)
+
+
+@app.command()
+def serve() -> None:
+    """Serve the gateway and the management API (deploys nothing new; adopts what runs)."""
+    from stockade.cli.run import run_platform
+
+    run_platform(settings(), deploy=[], progress=progress)
+
+
+@app.command("admin-token")
+def admin_token(name: Annotated[str, typer.Option(help="A name for the token.")] = "cli") -> None:
+    """Mint an admin token directly in the local database (needs access to the data directory)."""
+    from stockade.control.platform import mint_admin_token, open_database
+
+    database = open_database(settings())
+    try:
+        minted = mint_admin_token(database, name=name)
+    finally:
+        database.close()
+    print(minted.secret)
+
+
+@app.command()
+def engine() -> None:
+    """Find (or, on Debian as root, install and start) the container engine, and describe it."""
+    from stockade.orchestrator.engine import connect_engine, engine_summary
+
+    client = connect_engine(settings(), progress=progress)
+    for key, value in engine_summary(client).items():
+        console.print(f"{key}: {value}")
+
+
+@app.command()
+def images(
+    names: Annotated[list[str] | None, typer.Argument(help="Catalog entries (default: all).")] = None,
+) -> None:
+    """Build (offline, cached) the images of catalog entries."""
+    from stockade.catalog import Catalog
+    from stockade.orchestrator.engine import connect_engine
+    from stockade.orchestrator.images import ImageBuilder
+
+    current = settings()
+    catalog = Catalog.load(current.catalog_file)
+    builder = ImageBuilder(connect_engine(current, progress=progress), current, progress=progress)
+    for entry in [catalog.get(n) for n in names] if names else catalog.servers:
+        built = builder.ensure_server_image(entry)
+        console.print(f"{entry.name}: {built.tag} ({'built' if built.built else 'up to date'})")
+
+
+# -- deployments ------------------------------------------------------------------------------------
+DEPLOYMENT_COLUMNS = ("slug", "entry", "status", "endpoint", "error")
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise StockadeError(f"--env {pair.split('=')[0]!r} must look like NAME=VALUE")
+        env[name] = value
+    return env
+
+
+@app.command()
+def deploy(
+    server: Annotated[str, typer.Argument(help="Catalog entry to deploy.")],
+    slug: Annotated[str | None, typer.Option(help="Deployment name (default: the entry name).")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE; repeat.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Deploy a catalog entry and wait until it answers."""
+    body: dict[str, Any] = {"server": server, "env": _parse_env(env or [])}
+    if slug:
+        body["slug"] = slug
+    with console.status(f"deploying {slug or server}…"):
+        result = api().request("POST", "/deployments", json=body)
+    emit(result, as_json=as_json, columns=DEPLOYMENT_COLUMNS)
+
+
+@app.command("servers")
+def list_servers(as_json: JsonOption = False) -> None:
+    """List deployments and their status."""
+    emit(api().request("GET", "/deployments"), as_json=as_json, columns=DEPLOYMENT_COLUMNS, title="Servers")
+
+
+@app.command()
+def remove(slug: str) -> None:
+    """Remove a deployment: its container, network and stored values."""
+    api().request("DELETE", f"/deployments/{slug}")
+    console.print(f"removed {slug}")
+
+
+# -- members and tokens -------------------------------------------------------------------------
+@members_app.command("add")
+def members_add(name: str, role: Annotated[str, typer.Option(help="admin or member")] = "member", as_json: JsonOption = False) -> None:
+    emit(api().request("POST", "/members", json={"name": name, "role": role}), as_json=as_json, columns=("name", "role", "created_at"))
+
+
+@members_app.command("list")
+def members_list(as_json: JsonOption = False) -> None:
+    emit(api().request("GET", "/members"), as_json=as_json, columns=("name", "role", "created_at"), title="Members")
+
+
+@tokens_app.command("mint")
+def tokens_mint(
+    member: str,
+    name: Annotated[str, typer.Option(help="A name for the token.")] = "default",
+    days: Annotated[int, typer.Option(help="Days until it expires.")] = 90,
+    as_json: JsonOption = False,
+) -> None:
+    """Mint a token; it is printed once and cannot be shown again."""
+    result = api().request("POST", f"/members/{member}/tokens", json={"name": name, "expires_in_days": days})
+    if as_json:
+        emit(result, as_json=True)
+    else:
+        console.print(f"token {result['id']} for {result['member']} (expires {result['expires_at']}):")
+        print(result["token"])
+
+
+@tokens_app.command("list")
+def tokens_list(member: Annotated[str | None, typer.Option()] = None, as_json: JsonOption = False) -> None:
+    params = {"member": member} if member else {}
+    emit(api().request("GET", "/tokens", params=params), as_json=as_json,
+         columns=("id", "member", "name", "expires_at", "revoked_at"), title="Tokens")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str, as_json: JsonOption = False) -> None:
+    emit(api().request("DELETE", f"/tokens/{token_id}"), as_json=as_json, columns=("id", "member", "revoked_at"))
+
+
+# -- audit and catalog ----------------------------------------------------------------------------
+@audit_app.command("list")
+def audit_list(
+    member: Annotated[str | None, typer.Option()] = None,
+    server: Annotated[str | None, typer.Option()] = None,
+    tool: Annotated[str | None, typer.Option()] = None,
+    outcome: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    params = {k: v for k, v in dict(member=member, server=server, tool=tool, outcome=outcome, limit=limit).items() if v is not None}
+    emit(api().request("GET", "/audit", params=params), as_json=as_json,
+         columns=("id", "ts", "member", "server", "method", "tool", "latency_ms", "outcome", "error_code"), title="Audit")
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonOption = False) -> None:
+    """Check the hash chain; name every edited, inserted or deleted record. Exit 1 if broken."""
+    result = api().request("GET", "/audit/verify")
+    if as_json:
+        emit(result, as_json=True)
+    elif result["ok"]:
+        console.print(f"audit chain intact ({result['records']} records)")
+    else:
+        emit(result["problems"], as_json=False, columns=("record_id", "problem"), title="Audit chain broken")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@catalog_app.command("list")
+def catalog_list(as_json: JsonOption = False) -> None:
+    emit(api().request("GET", "/catalog"), as_json=as_json, columns=("name", "resources", "network", "description"), title="Catalog")
+
+
+@catalog_app.command("show")
+def catalog_show(name: str) -> None:
+    emit(api().request("GET", f"/catalog/{name}"), as_json=True)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except StockadeError as exc:
+        errors.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+        if exc.hint:
+            errors.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

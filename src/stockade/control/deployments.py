@@ -1,0 +1,221 @@
+"""Deployments: what should run (the store) and making it so (the orchestrator).
+
+Values for a deployment's variables are sealed before they are stored and reach the container only
+through the bridge's bootstrap line, never its configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import anyio
+from sqlalchemy import select
+
+from stockade.catalog import SLUG_PATTERN, Catalog, CatalogEntry
+from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
+from stockade.gateway.upstream import Upstream
+from stockade.secrets import Sealer
+from stockade.store.database import Database
+from stockade.store.models import Deployment, DeploymentVariable, utcnow
+
+if TYPE_CHECKING:
+    from stockade.orchestrator.runtime import Orchestrator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """A deployment as the API shows it: variable names and when they were set, never values."""
+
+    slug: str
+    entry: str
+    status: str
+    desired_state: str
+    error: str | None
+    variables: dict[str, datetime]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Deployment) -> DeploymentView:
+        return cls(
+            slug=row.slug,
+            entry=row.entry,
+            status=row.status,
+            desired_state=row.desired_state,
+            error=row.error,
+            variables={v.name: v.set_at for v in row.variables},
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+def _context(deployment_id: str, name: str) -> str:
+    return f"deployment:{deployment_id}:{name}"
+
+
+def check_variables(entry: CatalogEntry, env: Mapping[str, str]) -> None:
+    declared = {v.name for v in [*entry.required_env, *entry.optional_env]}
+    missing = sorted(v.name for v in entry.required_env if not env.get(v.name))
+    unknown = sorted(set(env) - declared)
+    problems = []
+    if missing:
+        problems.append(f"missing required variables: {', '.join(missing)}")
+    if unknown:
+        problems.append(f"variables not declared by catalog entry {entry.name!r}: {', '.join(unknown)}")
+    if problems:
+        raise ValidationFailed("; ".join(problems), hint=f"see `stockade catalog show {entry.name}`")
+
+
+class Deployments:
+    def __init__(self, database: Database, sealer: Sealer, catalog: Catalog, orchestrator: Orchestrator) -> None:
+        self._db = database
+        self._sealer = sealer
+        self.catalog = catalog
+        self._orchestrator = orchestrator
+        self._upstreams: dict[str, Upstream] = {}
+
+    # -- the gateway's directory -------------------------------------------------------------
+    async def resolve(self, slug: str) -> Upstream | None:
+        cached = self._upstreams.get(slug)
+        if cached is not None:
+            return cached
+        return await anyio.to_thread.run_sync(self._load_upstream, slug)
+
+    def _load_upstream(self, slug: str) -> Upstream | None:
+        with self._db.session() as session:
+            row = session.scalar(select(Deployment).where(Deployment.slug == slug))
+            if row is None or row.status != "running" or row.endpoint is None:
+                return None
+            token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
+            upstream = Upstream(slug=slug, endpoint=row.endpoint, token=token)
+        self._upstreams[slug] = upstream
+        return upstream
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def list(self) -> list[DeploymentView]:
+        with self._db.session() as session:
+            return [DeploymentView.of(row) for row in session.scalars(select(Deployment).order_by(Deployment.slug))]
+
+    def get(self, slug: str) -> DeploymentView:
+        with self._db.session() as session:
+            return DeploymentView.of(self._row(session, slug))
+
+    @staticmethod
+    def _row(session: object, slug: str) -> Deployment:
+        row = session.scalar(select(Deployment).where(Deployment.slug == slug))  # type: ignore[attr-defined]
+        if row is None:
+            raise NotFoundError(f"no deployment named {slug!r}", hint="list them with `stockade servers`")
+        return row
+
+    def create(self, entry_name: str, *, slug: str | None, env: Mapping[str, str]) -> DeploymentView:
+        """Record a deployment (validated up front) in state `pending`; `start` makes it run."""
+        entry = self.catalog.get(entry_name)
+        slug = slug or entry.name
+        if not re.fullmatch(SLUG_PATTERN, slug):
+            raise ValidationFailed(f"slug {slug!r} is not valid", hint="lowercase letters, digits and '-', starting with a letter")
+        check_variables(entry, env)
+        deployment_id = str(uuid.uuid4())
+        secret_names = entry.secret_env_names
+        with self._db.session() as session:
+            if session.scalar(select(Deployment.id).where(Deployment.slug == slug)) is not None:
+                raise ConflictError(f"a deployment named {slug!r} already exists", hint="choose another --slug or remove it")
+            row = Deployment(
+                id=deployment_id,
+                slug=slug,
+                entry=entry.name,
+                status="pending",
+                bridge_token=self._sealer.seal(secrets.token_urlsafe(32).encode(), context=_context(deployment_id, "bridge-token")),
+            )
+            row.variables = [
+                DeploymentVariable(
+                    name=name,
+                    secret=int(name in secret_names),
+                    sealed_value=self._sealer.seal(value.encode(), context=_context(deployment_id, name)),
+                )
+                for name, value in env.items()
+            ]
+            session.add(row)
+            session.flush()
+            return DeploymentView.of(row)
+
+    def start(self, slug: str) -> DeploymentView:
+        """Run the deployment's container and wait until its bridge is ready (blocking)."""
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            entry = self.catalog.get(row.entry)
+            env = {v.name: self._sealer.open(v.sealed_value, context=_context(row.id, v.name)).decode() for v in row.variables}
+            token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
+            deployment_id = row.id
+            row.status, row.desired_state, row.error = "deploying", "running", None
+        self._upstreams.pop(slug, None)
+        try:
+            instance = self._orchestrator.deploy(
+                entry, slug=slug, deployment_id=deployment_id, env=env, bridge_token=token
+            )
+        except StockadeError as exc:
+            self._set_status(slug, "failed", error=str(exc))
+            raise
+        except Exception as exc:  # an engine failure we did not anticipate must still be recorded
+            self._set_status(slug, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise DeploymentError(f"deploying {slug!r} failed: {type(exc).__name__}: {exc}") from exc
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            row.status, row.endpoint, row.container_id = "running", instance.endpoint, instance.container_id
+            return DeploymentView.of(row)
+
+    def _set_status(self, slug: str, status: str, *, error: str | None = None) -> None:
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            row.status, row.error = status, error
+
+    def remove(self, slug: str) -> None:
+        """Remove the containers, network and stored values of a deployment."""
+        with self._db.session() as session:
+            self._row(session, slug).desired_state = "removed"
+        self._upstreams.pop(slug, None)
+        self._orchestrator.remove(slug)
+        with self._db.session() as session:
+            session.delete(self._row(session, slug))
+
+    def reconcile(self) -> list[str]:
+        """Make actual state match desired state after a restart; returns what was done."""
+        actions: list[str] = []
+        running = {instance.slug: instance for instance in self._orchestrator.instances()}
+        with self._db.session() as session:
+            rows = {row.slug: (row.desired_state, row.status, row.container_id) for row in session.scalars(select(Deployment))}
+        for slug, instance in running.items():
+            if slug not in rows or rows[slug][0] == "removed":
+                self._orchestrator.remove(slug)
+                actions.append(f"removed orphaned container of {slug}")
+        for slug, (desired, _status, container_id) in rows.items():
+            if desired == "removed":
+                with self._db.session() as session:
+                    session.delete(self._row(session, slug))
+                continue
+            if desired != "running":
+                continue
+            instance = running.get(slug)
+            if instance is not None and instance.container_id == container_id:
+                with self._db.session() as session:
+                    row = self._row(session, slug)
+                    row.status, row.endpoint = "running", instance.endpoint
+                actions.append(f"adopted running container of {slug}")
+                continue
+            if instance is not None:
+                self._orchestrator.remove(slug)  # a half-finished deploy: replace, never guess
+            try:
+                self.start(slug)
+                actions.append(f"restarted {slug}")
+            except StockadeError as exc:
+                log.error("could not restart %s: %s", slug, exc)
+                actions.append(f"failed to restart {slug}: {exc.message}")
+        return actions

@@ -1,0 +1,115 @@
+"""Wiring: settings -> database, sealer, catalog, orchestrator -> the gateway and management apps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+
+import anyio
+import uvicorn
+from sqlalchemy import select
+
+from stockade.catalog import Catalog
+from stockade.config import Settings
+from stockade.control.api import create_control_app
+from stockade.control.deployments import Deployments
+from stockade.gateway.app import Gateway, create_gateway_app
+from stockade.gateway.identity import MintedToken, create_member, mint_token
+from stockade.orchestrator.runtime import Orchestrator
+from stockade.secrets import Sealer, load_master_key
+from stockade.store.database import Database
+from stockade.store.models import KeyCheck, Member
+
+log = logging.getLogger(__name__)
+
+ADMIN_MEMBER = "admin"
+_KEY_CHECK_CONTEXT = "key-check"
+_KEY_CHECK_VALUE = b"stockade master key check"
+
+
+def open_sealer(settings: Settings, database: Database) -> Sealer:
+    """The sealer for this database; a wrong master key fails here, before anything is written."""
+    sealer = Sealer(load_master_key(settings))
+    with database.session() as session:
+        check = session.scalar(select(KeyCheck))
+        if check is None:
+            session.add(KeyCheck(id=1, sealed=sealer.seal(_KEY_CHECK_VALUE, context=_KEY_CHECK_CONTEXT)))
+        else:
+            sealer.open(check.sealed, context=_KEY_CHECK_CONTEXT)
+    return sealer
+
+
+def open_database(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = Database(settings.resolved_database_url)
+    database.migrate()
+    return database
+
+
+def mint_admin_token(database: Database, *, name: str, ttl: timedelta | None = timedelta(days=30)) -> MintedToken:
+    """A new token for the built-in admin member (created on first use)."""
+    with database.session() as session:
+        member = session.scalar(select(Member).where(Member.name == ADMIN_MEMBER))
+        if member is None:
+            member = create_member(session, ADMIN_MEMBER, "admin")
+        return mint_token(session, member, name=name, ttl=ttl)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its owner (two servers share one process)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Platform:
+    def __init__(self, settings: Settings, *, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.database = open_database(settings)
+        self.sealer = open_sealer(settings, self.database)
+        self.catalog = Catalog.load(settings.catalog_file)
+        self.orchestrator = Orchestrator(settings, progress=progress)
+        self.deployments = Deployments(self.database, self.sealer, self.catalog, self.orchestrator)
+        self.gateway = Gateway(self.database, self.deployments, public_url=settings.gateway_url)
+
+    async def serve(self, *, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Serve the gateway and the management API until SIGINT/SIGTERM."""
+        level = self.settings.log_level.lower()
+        servers = [
+            _Server(uvicorn.Config(create_gateway_app(self.gateway), host=self.settings.gateway_host,
+                                   port=self.settings.gateway_port, log_level=level, access_log=False)),
+            _Server(uvicorn.Config(create_control_app(self.database, self.deployments, gateway_url=self.settings.gateway_url),
+                                   host=self.settings.control_host, port=self.settings.control_port,
+                                   log_level=level, access_log=False)),
+        ]
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    for server in servers:
+                        server.should_exit = True
+                    return
+
+        async def announce() -> None:
+            with anyio.fail_after(30):
+                while not all(server.started for server in servers):
+                    if any(server.should_exit for server in servers):
+                        return
+                    await anyio.sleep(0.05)
+            if on_started is not None:
+                await on_started()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(stop_on_signal)
+            tasks.start_soon(announce)
+            async with anyio.create_task_group() as serving:
+                for server in servers:
+                    serving.start_soon(server.serve)
+            tasks.cancel_scope.cancel()
+
+    def close(self) -> None:
+        self.database.close()

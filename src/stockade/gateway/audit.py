@@ -1,0 +1,136 @@
+"""The audit trail: one row per call, chained by hash so edits, insertions and deletions show.
+
+A record's hash covers its own fields and the previous record's hash. Records never hold call
+arguments or results: only who, which server and tool, how long, and the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stockade.store.database import Database
+from stockade.store.models import AuditRecord, utcnow
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    member: str | None
+    token_id: str | None
+    server: str | None
+    method: str
+    tool: str | None
+    latency_ms: float
+    outcome: str  # "ok", "error", "denied"
+    error_code: int | None = None
+    request_id: str | None = None
+
+
+def record_digest(record: AuditRecord) -> str:
+    fields = {
+        "id": record.id,
+        "ts": record.ts.isoformat(),
+        "member": record.member,
+        "token_id": record.token_id,
+        "server": record.server,
+        "method": record.method,
+        "tool": record.tool,
+        "latency_ms": round(record.latency_ms, 3),
+        "outcome": record.outcome,
+        "error_code": record.error_code,
+        "request_id": record.request_id,
+        "prev_hash": record.prev_hash,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        # Chaining needs "read the last hash, insert the next" to be atomic within this process.
+        self._lock = threading.Lock()
+
+    def append(self, event: AuditEvent) -> None:
+        """Write one record durably; returns only after commit (an acknowledged call is audited)."""
+        with self._lock, self._db.session() as session:
+            last = session.execute(select(AuditRecord.id, AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)).first()
+            record = AuditRecord(
+                id=(last.id + 1) if last else 1,
+                ts=utcnow(),
+                member=event.member,
+                token_id=event.token_id,
+                server=event.server,
+                method=event.method,
+                tool=event.tool,
+                latency_ms=round(event.latency_ms, 3),
+                outcome=event.outcome,
+                error_code=event.error_code,
+                request_id=event.request_id,
+                prev_hash=last.hash if last else GENESIS,
+                hash="",
+            )
+            record.hash = record_digest(record)
+            session.add(record)
+
+    def query(
+        self,
+        *,
+        member: str | None = None,
+        server: str | None = None,
+        tool: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[AuditRecord]:
+        statement = select(AuditRecord).where(AuditRecord.id > after_id).order_by(AuditRecord.id).limit(limit)
+        for column, value in (
+            (AuditRecord.member, member),
+            (AuditRecord.server, server),
+            (AuditRecord.tool, tool),
+            (AuditRecord.outcome, outcome),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        if since is not None:
+            statement = statement.where(AuditRecord.ts >= since)
+        if until is not None:
+            statement = statement.where(AuditRecord.ts < until)
+        with self._db.session() as session:
+            return list(session.scalars(statement))
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    record_id: int
+    problem: str
+
+
+def verify_chain(records: Iterable[AuditRecord]) -> list[ChainProblem]:
+    """Check every record's own hash and its link to the one before; name each broken record."""
+    problems: list[ChainProblem] = []
+    previous_hash, previous_id = GENESIS, 0
+    for record in records:
+        if record.hash != record_digest(record):
+            problems.append(ChainProblem(record.id, "edited: its contents do not match its hash"))
+        if record.prev_hash != previous_hash:
+            kind = "a record before it was deleted" if record.id > previous_id + 1 else "inserted or reordered"
+            problems.append(ChainProblem(record.id, f"chain broken: {kind}"))
+        elif record.id != previous_id + 1:
+            problems.append(ChainProblem(record.id, "chain broken: record ids skip"))
+        previous_hash, previous_id = record.hash, record.id
+    return problems
+
+
+def verify_database(session: Session) -> list[ChainProblem]:
+    return verify_chain(session.scalars(select(AuditRecord).order_by(AuditRecord.id)))

@@ -1,0 +1,109 @@
+"""Members and their opaque bearer tokens.
+
+A token is `stk_<id>_<secret>`; only SHA-256 of the whole string is stored (tokens are 256-bit
+random, so a slow password hash would add latency to every call and no security). The id part is
+public: it names the token in lists and audit records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stockade.errors import AuthenticationError, ConflictError, NotFoundError, ValidationFailed
+from stockade.store.models import Member, Token, utcnow
+
+TOKEN_PREFIX = "stk_"
+ROLES = ("admin", "member")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from a token on every request (so revocation is immediate)."""
+
+    member: str
+    role: str
+    token_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    id: str
+    member: str
+    name: str
+    secret: str
+    expires_at: datetime | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_member(session: Session, name: str, role: str) -> Member:
+    if role not in ROLES:
+        raise ValidationFailed(f"unknown role {role!r}", hint=f"use one of: {', '.join(ROLES)}")
+    if session.scalar(select(Member).where(Member.name == name)) is not None:
+        raise ConflictError(f"member {name!r} already exists")
+    member = Member(name=name, role=role)
+    session.add(member)
+    session.flush()
+    return member
+
+
+def get_member(session: Session, name: str) -> Member:
+    member = session.scalar(select(Member).where(Member.name == name))
+    if member is None:
+        raise NotFoundError(f"no member named {name!r}")
+    return member
+
+
+def mint_token(session: Session, member: Member, *, name: str, ttl: timedelta | None) -> MintedToken:
+    token_id = secrets.token_hex(6)
+    secret = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+    expires_at = utcnow() + ttl if ttl is not None else None
+    session.add(Token(id=token_id, member=member, name=name, secret_hash=hash_token(secret), expires_at=expires_at))
+    session.flush()
+    return MintedToken(id=token_id, member=member.name, name=name, secret=secret, expires_at=expires_at)
+
+
+def revoke_token(session: Session, token_id: str) -> Token:
+    token = session.get(Token, token_id)
+    if token is None:
+        raise NotFoundError(f"no token with id {token_id!r}")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    return token
+
+
+def authenticate(session: Session, presented: str | None) -> Principal:
+    """Resolve a bearer token, or raise `AuthenticationError` without saying which check failed."""
+    if not presented or not presented.startswith(TOKEN_PREFIX):
+        raise AuthenticationError("missing or malformed bearer token")
+    row = session.execute(
+        select(Token, Member).join(Member).where(Token.secret_hash == hash_token(presented))
+    ).first()
+    if row is None:
+        raise AuthenticationError("invalid bearer token")
+    token, member = row
+    now = utcnow()
+    if token.revoked_at is not None:
+        raise AuthenticationError("token revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise AuthenticationError("token expired")
+    return Principal(member=member.name, role=member.role, token_id=token.id)
+
+
+def bearer_from_header(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme, _, credential = value.partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else None

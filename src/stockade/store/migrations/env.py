@@ -1,0 +1,15 @@
+"""Alembic environment: migrations run on the engine handed over by `Database.migrate`."""
+
+from alembic import context
+
+from stockade.store.models import Base
+
+engine = context.config.attributes["engine"]
+
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    context.run_migrations()
