@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     gateway_port: int = Field(default=8700, ge=0, le=65535)
     control_host: str = "127.0.0.1"
     control_port: int = Field(default=8701, ge=0, le=65535)
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="Sustained calls per member per minute.")
+    rate_limit_burst: int = Field(default=60, ge=1, description="Calls a member may make at once.")
     public_url: str | None = Field(default=None, description="The gateway URL clients use, if not host:port.")
 
     master_key: SecretStr | None = Field(default=None, description="Base64 master key (else the key file).")

@@ -6,21 +6,23 @@ document and proves every other route refuses an anonymous or non-admin caller.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from stockade.catalog import SLUG_PATTERN
 from stockade.control.deployments import Deployments, DeploymentView
-from stockade.errors import AuthenticationError, PermissionDenied, StockadeError
-from stockade.gateway.audit import AuditLog, verify_database
+from stockade.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDenied, StockadeError
+from stockade.gateway.app import Gateway
+from stockade.gateway.audit import AuditEvent, verify_database
 from stockade.gateway.identity import (
-    ROLES,
+    ADMIN_ROLE,
     Principal,
     authenticate,
     bearer_from_header,
@@ -28,9 +30,10 @@ from stockade.gateway.identity import (
     get_member,
     mint_token,
     revoke_token,
+    role_rules,
 )
 from stockade.store.database import Database
-from stockade.store.models import AuditRecord, Member, Token
+from stockade.store.models import AuditRecord, Member, Role, Token
 
 
 class DeployRequest(BaseModel):
@@ -53,7 +56,28 @@ class DeploymentOut(BaseModel):
 
 class MemberIn(BaseModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
-    role: Annotated[str, Field(pattern="^(" + "|".join(ROLES) + ")$")] = "member"
+    role: Annotated[str, Field(pattern=ROLE_PATTERN)] = "member"
+
+
+ROLE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+
+
+class RuleModel(BaseModel):
+    effect: Literal["allow", "deny"]
+    server: Annotated[str, Field(min_length=1)] = "*"
+    kind: Literal["tool", "prompt", "resource", "*"] = "*"
+    name: Annotated[str, Field(min_length=1)] = "*"
+
+
+class RoleIn(BaseModel):
+    rules: list[RuleModel] = Field(description="deny beats allow; nothing matching means no")
+
+
+class RoleOut(BaseModel):
+    name: str
+    builtin: bool
+    rules: list[RuleModel]
+    updated_at: datetime
 
 
 class MemberOut(BaseModel):
@@ -98,6 +122,29 @@ class AuditOut(BaseModel):
     request_id: str | None
 
 
+class RevokedOut(TokenOut):
+    streams_closed: int
+    sessions_closed: int
+
+
+class OffboardOut(BaseModel):
+    member: str
+    tokens_revoked: list[str]
+    streams_closed: int
+    sessions_closed: int
+
+
+class ToolPinOut(BaseModel):
+    tool: str
+    status: Literal["approved", "changed", "unapproved"]
+    approved_at: datetime | None
+    changed_at: datetime | None
+
+
+class ApproveIn(BaseModel):
+    tools: list[str] | None = Field(default=None, description="names to approve; all when omitted")
+
+
 class ChainProblemOut(BaseModel):
     record_id: int
     problem: str
@@ -107,6 +154,11 @@ class AuditVerifyOut(BaseModel):
     ok: bool
     records: int
     problems: list[ChainProblemOut]
+
+
+def _role_out(role: Role) -> RoleOut:
+    rules = [RuleModel(**r.as_dict()) for r in role_rules(role.rules)]
+    return RoleOut(name=role.name, builtin=bool(role.builtin), rules=rules, updated_at=role.updated_at)
 
 
 def _token_out(token: Token) -> TokenOut:
@@ -120,8 +172,14 @@ def _token_out(token: Token) -> TokenOut:
     )
 
 
-def create_control_app(database: Database, deployments: Deployments, *, gateway_url: str) -> FastAPI:
-    audit = AuditLog(database)
+def create_control_app(database: Database, deployments: Deployments, gateway: Gateway) -> FastAPI:
+    audit = gateway.audit
+    gateway_url = gateway.public_url
+
+    async def record_admin_action(principal: Principal, method: str, server: str | None, tool: str | None) -> None:
+        event = AuditEvent(member=principal.member, token_id=principal.token_id, server=server, method=method,
+                           tool=tool, latency_ms=0.0, outcome="ok")
+        await anyio.to_thread.run_sync(audit.append, event)
 
     def view(d: DeploymentView) -> DeploymentOut:
         return DeploymentOut(**d.__dict__, endpoint=f"{gateway_url}/servers/{d.slug}/mcp")
@@ -182,6 +240,44 @@ def create_control_app(database: Database, deployments: Deployments, *, gateway_
     async def delete_deployment(slug: str) -> None:
         await anyio.to_thread.run_sync(deployments.remove, slug)
 
+    @api.get("/roles")
+    async def list_roles() -> list[RoleOut]:
+        def run() -> list[RoleOut]:
+            with database.session() as session:
+                return [_role_out(r) for r in session.scalars(select(Role).order_by(Role.name))]
+
+        return await anyio.to_thread.run_sync(run)
+
+    @api.put("/roles/{name}")
+    async def put_role(name: Annotated[str, Path(pattern=ROLE_PATTERN)], body: RoleIn) -> RoleOut:
+        def run() -> RoleOut:
+            with database.session() as session:
+                if name == ADMIN_ROLE:
+                    raise ConflictError("the admin role is built in and cannot be changed")
+                role = session.get(Role, name) or Role(name=name, builtin=0)
+                role.rules = json.dumps([r.model_dump() for r in body.rules])
+                session.add(role)
+                session.flush()
+                return _role_out(role)
+
+        return await anyio.to_thread.run_sync(run)
+
+    @api.delete("/roles/{name}", status_code=204)
+    async def delete_role(name: str) -> None:
+        def run() -> None:
+            with database.session() as session:
+                role = session.get(Role, name)
+                if role is None:
+                    raise NotFoundError(f"no role named {name!r}")
+                if role.builtin:
+                    raise ConflictError(f"role {name!r} is built in and cannot be removed")
+                users = list(session.scalars(select(Member.name).where(Member.role == name)))
+                if users:
+                    raise ConflictError(f"role {name!r} is still held by: {', '.join(users)}")
+                session.delete(role)
+
+        await anyio.to_thread.run_sync(run)
+
     @api.post("/members", status_code=201)
     async def add_member(body: MemberIn) -> MemberOut:
         def run() -> MemberOut:
@@ -221,12 +317,64 @@ def create_control_app(database: Database, deployments: Deployments, *, gateway_
         return await anyio.to_thread.run_sync(run)
 
     @api.delete("/tokens/{token_id}")
-    async def revoke(token_id: str) -> TokenOut:
+    async def revoke(token_id: str) -> RevokedOut:
         def run() -> TokenOut:
             with database.session() as session:
                 return _token_out(revoke_token(session, token_id))
 
+        token = await anyio.to_thread.run_sync(run)
+        closed = await gateway.close_token(token_id)
+        return RevokedOut(**token.model_dump(), streams_closed=closed.streams, sessions_closed=closed.sessions)
+
+    @api.post("/members/{name}/offboard")
+    async def offboard(name: str) -> OffboardOut:
+        """Revoke every token of a member and close what they hold open; the member stays for audit."""
+        def run() -> list[str]:
+            with database.session() as session:
+                member = get_member(session, name)
+                return [revoke_token(session, token.id).id for token in member.tokens if token.revoked_at is None]
+
+        revoked = await anyio.to_thread.run_sync(run)
+        streams = sessions = 0
+        for token_id in revoked:
+            closed = await gateway.close_token(token_id)
+            streams, sessions = streams + closed.streams, sessions + closed.sessions
+        return OffboardOut(member=name, tokens_revoked=revoked, streams_closed=streams, sessions_closed=sessions)
+
+    @api.delete("/members/{name}")
+    async def remove_member(name: str, principal: Annotated[Principal, Depends(require_admin)]) -> OffboardOut:
+        """Remove a member: their tokens are revoked first, then the member is deleted."""
+        result = await offboard(name)
+        if name == principal.member:
+            raise ConflictError("you cannot remove yourself", hint="ask another admin")
+
+        def run() -> None:
+            with database.session() as session:
+                session.delete(get_member(session, name))
+
+        await anyio.to_thread.run_sync(run)
+        return result
+
+    @api.get("/servers/{slug}/tools")
+    async def tool_pins(slug: str) -> list[ToolPinOut]:
+        def run() -> list[ToolPinOut]:
+            deployments.get(slug)
+            return [
+                ToolPinOut(tool=p.tool, status=("unapproved" if not p.digest else "changed" if p.changed_digest else "approved"),
+                           approved_at=p.approved_at if p.digest else None, changed_at=p.changed_at)
+                for p in gateway.pins.listing(slug)
+            ]
+
         return await anyio.to_thread.run_sync(run)
+
+    @api.post("/servers/{slug}/tools/approve")
+    async def approve_tools(slug: str, body: ApproveIn, principal: Annotated[Principal, Depends(require_admin)]) -> list[str]:
+        """Pin the definitions the server offers now (all tools, or those named)."""
+        only = set(body.tools) if body.tools is not None else None
+        approved = await anyio.to_thread.run_sync(lambda: deployments.approve_tools(slug, only))
+        for tool in approved:
+            await record_admin_action(principal, "tools/approve", slug, tool)
+        return approved
 
     @api.get("/audit")
     async def query_audit(

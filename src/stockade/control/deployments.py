@@ -16,10 +16,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
+import httpx2
 from sqlalchemy import select
 
 from stockade.catalog import SLUG_PATTERN, Catalog, CatalogEntry
 from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
+from stockade.gateway.pins import ToolPins
 from stockade.gateway.upstream import Upstream
 from stockade.secrets import Sealer
 from stockade.store.database import Database
@@ -76,8 +78,11 @@ def check_variables(entry: CatalogEntry, env: Mapping[str, str]) -> None:
 
 
 class Deployments:
-    def __init__(self, database: Database, sealer: Sealer, catalog: Catalog, orchestrator: Orchestrator) -> None:
+    def __init__(
+        self, database: Database, sealer: Sealer, catalog: Catalog, orchestrator: Orchestrator, pins: ToolPins
+    ) -> None:
         self._db = database
+        self._pins = pins
         self._sealer = sealer
         self.catalog = catalog
         self._orchestrator = orchestrator
@@ -90,15 +95,42 @@ class Deployments:
             return cached
         return await anyio.to_thread.run_sync(self._load_upstream, slug)
 
+    async def running(self) -> list[Upstream]:
+        slugs = [d.slug for d in await anyio.to_thread.run_sync(self.list) if d.status == "running"]
+        return [upstream for slug in slugs if (upstream := await self.resolve(slug)) is not None]
+
     def _load_upstream(self, slug: str) -> Upstream | None:
         with self._db.session() as session:
             row = session.scalar(select(Deployment).where(Deployment.slug == slug))
             if row is None or row.status != "running" or row.endpoint is None:
                 return None
-            token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
-            upstream = Upstream(slug=slug, endpoint=row.endpoint, token=token)
+            upstream = self._upstream_of(row)
         self._upstreams[slug] = upstream
         return upstream
+
+    def _upstream_of(self, row: Deployment) -> Upstream:
+        token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
+        allowlist = tuple(self.catalog.get(row.entry).tools)
+        return Upstream(slug=row.slug, endpoint=row.endpoint or "", token=token, tool_allowlist=allowlist)
+
+    # -- tool approval -------------------------------------------------------------------------
+    def current_tools(self, slug: str) -> list[dict[str, object]]:
+        """The tool definitions the running server offers now (asked of its bridge directly)."""
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            if row.status != "running":
+                raise ConflictError(f"{slug!r} is not running (status {row.status})")
+            upstream = self._upstream_of(row)
+        try:
+            response = httpx2.get(f"{upstream.endpoint}/tools", headers={"authorization": f"Bearer {upstream.token}"}, timeout=30)
+            response.raise_for_status()
+        except httpx2.HTTPError as exc:
+            raise DeploymentError(f"could not list the tools of {slug!r}: {type(exc).__name__}: {exc}") from None
+        tools = response.json().get("tools", [])
+        return [tool for tool in tools if isinstance(tool, dict)]
+
+    def approve_tools(self, slug: str, only: set[str] | None = None) -> list[str]:
+        return self._pins.approve(slug, self.current_tools(slug), only=only)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def list(self) -> list[DeploymentView]:
@@ -170,7 +202,11 @@ class Deployments:
         with self._db.session() as session:
             row = self._row(session, slug)
             row.status, row.endpoint, row.container_id = "running", instance.endpoint, instance.container_id
-            return DeploymentView.of(row)
+            view = DeploymentView.of(row)
+        if not self._pins.listing(slug):
+            # First deployment of this server: its tools as offered now are the reviewed ones.
+            self.approve_tools(slug)
+        return view
 
     def _set_status(self, slug: str, status: str, *, error: str | None = None) -> None:
         with self._db.session() as session:
@@ -183,6 +219,7 @@ class Deployments:
             self._row(session, slug).desired_state = "removed"
         self._upstreams.pop(slug, None)
         self._orchestrator.remove(slug)
+        self._pins.drop(slug)
         with self._db.session() as session:
             session.delete(self._row(session, slug))
 

@@ -18,6 +18,7 @@ from stockade.control.api import create_control_app
 from stockade.control.deployments import Deployments
 from stockade.gateway.app import Gateway, create_gateway_app
 from stockade.gateway.identity import MintedToken, create_member, mint_token
+from stockade.gateway.pins import ToolPins
 from stockade.orchestrator.runtime import Orchestrator
 from stockade.secrets import Sealer, load_master_key
 from stockade.store.database import Database
@@ -73,8 +74,10 @@ class Platform:
         self.sealer = open_sealer(settings, self.database)
         self.catalog = Catalog.load(settings.catalog_file)
         self.orchestrator = Orchestrator(settings, progress=progress)
-        self.deployments = Deployments(self.database, self.sealer, self.catalog, self.orchestrator)
-        self.gateway = Gateway(self.database, self.deployments, public_url=settings.gateway_url)
+        pins = ToolPins(self.database)
+        self.deployments = Deployments(self.database, self.sealer, self.catalog, self.orchestrator, pins)
+        self.gateway = Gateway(self.database, self.deployments, public_url=settings.gateway_url, pins=pins,
+                               rate_per_minute=settings.rate_limit_per_minute, rate_burst=settings.rate_limit_burst)
 
     async def serve(self, *, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
         """Serve the gateway and the management API until SIGINT/SIGTERM."""
@@ -82,7 +85,7 @@ class Platform:
         servers = [
             _Server(uvicorn.Config(create_gateway_app(self.gateway), host=self.settings.gateway_host,
                                    port=self.settings.gateway_port, log_level=level, access_log=False)),
-            _Server(uvicorn.Config(create_control_app(self.database, self.deployments, gateway_url=self.settings.gateway_url),
+            _Server(uvicorn.Config(create_control_app(self.database, self.deployments, self.gateway),
                                    host=self.settings.control_host, port=self.settings.control_port,
                                    log_level=level, access_log=False)),
         ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx2
@@ -16,29 +18,44 @@ from stockade.errors import AuthenticationError
 from stockade.gateway import jsonrpc
 from stockade.gateway.audit import AuditLog
 from stockade.gateway.identity import Principal, authenticate, bearer_from_header
+from stockade.gateway.pins import ToolPins
 from stockade.gateway.proxy import BodyTooLarge, McpProxy, read_body, rpc_error
-from stockade.gateway.upstream import ServerDirectory
+from stockade.gateway.ratelimit import RateLimiter, retry_after_header
+from stockade.gateway.streams import WATCH_INTERVAL, Closed, StreamRegistry, revoked_among
+from stockade.gateway.upstream import ServerDirectory, Upstream
 from stockade.store.database import Database
 
+log = logging.getLogger(__name__)
 UPSTREAM_TIMEOUT = httpx2.Timeout(connect=5.0, read=300.0, write=30.0, pool=10.0)
 
 
 class Gateway:
     """What the gateway's routes need, owned by whoever serves the app."""
 
-    def __init__(self, database: Database, directory: ServerDirectory, *, public_url: str) -> None:
+    def __init__(
+        self,
+        database: Database,
+        directory: ServerDirectory,
+        *,
+        public_url: str,
+        pins: ToolPins | None = None,
+        rate_per_minute: int = 600,
+        rate_burst: int = 60,
+    ) -> None:
         self.database = database
         self.directory = directory
         self.audit = AuditLog(database)
+        self.pins = pins or ToolPins(database)
+        self.streams = StreamRegistry()
+        self.limiter = RateLimiter(per_minute=rate_per_minute, burst=rate_burst)
         self.public_url = public_url.rstrip("/")
-        # Sessions belong to the member that opened them: another member presenting the id gets 404.
-        self._session_owner: dict[str, str] = {}
+        self.http: httpx2.AsyncClient | None = None
 
     def resource_metadata_url(self, path: str) -> str:
         return f"{self.public_url}/.well-known/oauth-protected-resource{path}"
 
     async def principal(self, request: Request) -> Principal:
-        if "access_token" in request.query_params or "token" in request.query_params:
+        if {"access_token", "token"} & set(request.query_params):
             raise AuthenticationError("tokens in query strings are refused; send Authorization: Bearer")
         presented = bearer_from_header(request.headers.get("authorization"))
 
@@ -48,11 +65,28 @@ class Gateway:
 
         return await anyio.to_thread.run_sync(lookup)
 
-    def claim_session(self, session_id: str | None, principal: Principal) -> bool:
-        if session_id is None:
-            return True
-        owner = self._session_owner.setdefault(session_id, principal.member)
-        return owner == principal.member
+    async def end_upstream_session(self, slug: str, session_id: str) -> None:
+        upstream = await self.directory.resolve(slug)
+        if upstream is None or self.http is None:
+            return
+        try:
+            await self.http.delete(f"{upstream.endpoint}/mcp", headers={
+                "authorization": f"Bearer {upstream.token}", "mcp-session-id": session_id})
+        except httpx2.HTTPError as exc:
+            log.warning("could not end session on %s: %s", slug, type(exc).__name__)
+
+    async def close_token(self, token_id: str) -> Closed:
+        """Close every stream and session held open by a (revoked) token."""
+        return await self.streams.close_token(token_id, self.end_upstream_session)
+
+    async def watch_revocations(self) -> None:
+        """Close what revoked tokens hold open, also when another process revoked them."""
+        while True:
+            await anyio.sleep(WATCH_INTERVAL)
+            held = self.streams.token_ids()
+            for token_id in await anyio.to_thread.run_sync(revoked_among, self.database, held):
+                closed = await self.close_token(token_id)
+                log.info("token %s revoked: closed %d streams, %d sessions", token_id, closed.streams, closed.sessions)
 
 
 def unauthorized(gateway: Gateway, request: Request, message: str) -> JSONResponse:
@@ -64,14 +98,40 @@ def unauthorized(gateway: Gateway, request: Request, message: str) -> JSONRespon
     )
 
 
+def too_many_requests(wait: float) -> JSONResponse:
+    return JSONResponse(
+        {"error": "rate_limited", "error_description": "too many requests; retry later"},
+        status_code=429,
+        headers={"Retry-After": retry_after_header(wait)},
+    )
+
+
 def create_gateway_app(gateway: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with httpx2.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False) as http:
-            app.state.proxy = McpProxy(http, gateway.audit)
-            yield
+            gateway.http = http
+            app.state.proxy = McpProxy(http, gateway.audit, gateway.pins, gateway.streams)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(gateway.watch_revocations)
+                yield
+                tasks.cancel_scope.cancel()
+            gateway.http = None
 
     app = FastAPI(title="Stockade gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def admit(request: Request, slug: str) -> tuple[Principal, Upstream] | Response:
+        try:
+            principal = await gateway.principal(request)
+        except AuthenticationError as exc:
+            return unauthorized(gateway, request, exc.message)
+        wait = gateway.limiter.acquire(principal.member)
+        if wait > 0:
+            return too_many_requests(wait)
+        upstream = await gateway.directory.resolve(slug)
+        if upstream is None:
+            return rpc_error(404, jsonrpc.INVALID_REQUEST, f"no running server named {slug!r}")
+        return principal, upstream
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -88,21 +148,18 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
 
     @app.api_route("/servers/{slug}/mcp", methods=["GET", "POST", "DELETE"])
     async def server_mcp(slug: str, request: Request) -> Response:
-        try:
-            principal = await gateway.principal(request)
-        except AuthenticationError as exc:
-            return unauthorized(gateway, request, exc.message)
-        upstream = await gateway.directory.resolve(slug)
-        if upstream is None:
-            return rpc_error(404, jsonrpc.INVALID_REQUEST, f"no running server named {slug!r}")
-        if not gateway.claim_session(request.headers.get("mcp-session-id"), principal):
+        admitted = await admit(request, slug)
+        if isinstance(admitted, Response):
+            return admitted
+        principal, upstream = admitted
+        session_id = request.headers.get("mcp-session-id")
+        if session_id is not None and not gateway.streams.claim_session(slug, session_id, principal.member, principal.token_id):
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "session not found")
         proxy: McpProxy = request.app.state.proxy
         if request.method != "POST":
             return await proxy.forward(request, upstream, principal, body=None, call=None)
 
-        content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("application/json"):
+        if not request.headers.get("content-type", "").startswith("application/json"):
             return rpc_error(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json")
         try:
             body = await read_body(request)
@@ -117,6 +174,50 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             return rpc_error(400, jsonrpc.INVALID_REQUEST, "not a JSON-RPC 2.0 message")
         call = jsonrpc.parse_call(message)
-        return await proxy.forward(request, upstream, principal, body=body, call=call)
+        if call is not None:
+            refusal = await proxy.authorize(principal, upstream, call)
+            if refusal is not None:
+                return refusal
+        rewrite = proxy.list_filter(principal, upstream, call) if call is not None else None
+        return await proxy.forward(request, upstream, principal, body=body, call=call, rewrite=rewrite)
+
+    @app.get("/api/v1/tools")
+    async def rest_tools(request: Request) -> Response:
+        """Every tool the caller may call, on every running server."""
+        try:
+            principal = await gateway.principal(request)
+        except AuthenticationError as exc:
+            return unauthorized(gateway, request, exc.message)
+        proxy: McpProxy = request.app.state.proxy
+        listing: list[dict[str, Any]] = []
+        for upstream in await gateway.directory.running():
+            try:
+                response = await proxy.rest(upstream, "GET", "/tools")
+            except httpx2.HTTPError:
+                continue
+            call = jsonrpc.Call(id="rest", method="tools/list", name=None)
+            rewrite = proxy.list_filter(principal, upstream, call)
+            assert rewrite is not None
+            filtered = await rewrite({"result": response.json()})
+            listing += [{"server": upstream.slug, **tool} for tool in filtered["result"].get("tools", [])]
+        return JSONResponse({"tools": listing})
+
+    @app.post("/api/v1/servers/{slug}/tools/{tool}:call")
+    async def rest_call(slug: str, tool: str, request: Request) -> Response:
+        admitted = await admit(request, slug)
+        if isinstance(admitted, Response):
+            return admitted
+        principal, upstream = admitted
+        proxy: McpProxy = request.app.state.proxy
+        try:
+            body = await read_body(request)
+            arguments = json.loads(body) if body else {}
+        except BodyTooLarge:
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        except ValueError:
+            return JSONResponse({"error": "body must be a JSON object of tool arguments"}, status_code=400)
+        if not isinstance(arguments, dict):
+            return JSONResponse({"error": "body must be a JSON object of tool arguments"}, status_code=400)
+        return await proxy.rest_call(principal, upstream, tool, arguments)
 
     return app

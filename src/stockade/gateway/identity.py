@@ -7,7 +7,9 @@ public: it names the token in lists and audit records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,10 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stockade.errors import AuthenticationError, ConflictError, NotFoundError, ValidationFailed
-from stockade.store.models import Member, Token, utcnow
+from stockade.gateway.policy import Rule, parse_rules
+from stockade.store.models import Member, Role, Token, utcnow
 
 TOKEN_PREFIX = "stk_"
-ROLES = ("admin", "member")
+ADMIN_ROLE = "admin"
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,11 @@ class Principal:
     member: str
     role: str
     token_id: str
+    rules: tuple[Rule, ...] = ()
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == ADMIN_ROLE
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,9 @@ def hash_token(token: str) -> str:
 
 
 def create_member(session: Session, name: str, role: str) -> Member:
-    if role not in ROLES:
-        raise ValidationFailed(f"unknown role {role!r}", hint=f"use one of: {', '.join(ROLES)}")
+    if session.get(Role, role) is None:
+        known = ", ".join(session.scalars(select(Role.name).order_by(Role.name)))
+        raise ValidationFailed(f"unknown role {role!r}", hint=f"use one of: {known}")
     if session.scalar(select(Member).where(Member.name == name)) is not None:
         raise ConflictError(f"member {name!r} already exists")
     member = Member(name=name, role=role)
@@ -89,17 +94,20 @@ def authenticate(session: Session, presented: str | None) -> Principal:
     if not presented or not presented.startswith(TOKEN_PREFIX):
         raise AuthenticationError("missing or malformed bearer token")
     row = session.execute(
-        select(Token, Member).join(Member).where(Token.secret_hash == hash_token(presented))
+        select(Token, Member, Role.rules)
+        .join(Member, Token.member_id == Member.id)
+        .join(Role, Role.name == Member.role)
+        .where(Token.secret_hash == hash_token(presented))
     ).first()
     if row is None:
         raise AuthenticationError("invalid bearer token")
-    token, member = row
+    token, member, rules = row
     now = utcnow()
     if token.revoked_at is not None:
         raise AuthenticationError("token revoked")
     if token.expires_at is not None and token.expires_at <= now:
         raise AuthenticationError("token expired")
-    return Principal(member=member.name, role=member.role, token_id=token.id)
+    return Principal(member=member.name, role=member.role, token_id=token.id, rules=role_rules(rules))
 
 
 def bearer_from_header(value: str | None) -> str | None:
@@ -107,3 +115,9 @@ def bearer_from_header(value: str | None) -> str | None:
         return None
     scheme, _, credential = value.partition(" ")
     return credential.strip() if scheme.lower() == "bearer" else None
+
+
+@functools.lru_cache(maxsize=256)
+def role_rules(raw: str) -> tuple[Rule, ...]:
+    """Parsed rules of a role, cached by their JSON text (so an edit takes effect at once)."""
+    return tuple(parse_rules(json.loads(raw)))

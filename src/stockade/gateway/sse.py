@@ -38,3 +38,9 @@ def event_json(event: bytes) -> Any | None:
         return json.loads(b"\n".join(lines))
     except ValueError:
         return None
+
+
+def replace_event_data(event: bytes, data: str) -> bytes:
+    """The same event (id, event type, retry kept) carrying `data` instead."""
+    kept = [line for line in event.splitlines() if line and not line.startswith(b"data:")]
+    return b"\n".join([*kept, b"data: " + data.encode()]) + b"\n\n"

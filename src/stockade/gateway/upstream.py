@@ -11,6 +11,7 @@ class Upstream:
     slug: str
     endpoint: str  # http://<container ip>:<port>
     token: str  # the per-bridge secret; never shown to clients
+    tool_allowlist: tuple[str, ...] = ("*",)  # the catalog entry's bound on tools, for everyone
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
         return f"Upstream(slug={self.slug!r}, endpoint={self.endpoint!r})"
@@ -19,4 +20,8 @@ class Upstream:
 class ServerDirectory(Protocol):
     async def resolve(self, slug: str) -> Upstream | None:
         """The running upstream for `slug`, or None when no such server is running."""
+        ...
+
+    async def running(self) -> list[Upstream]:
+        """Every running upstream."""
         ...

@@ -48,6 +48,31 @@ class Member(Base):
     tokens: Mapped[list[Token]] = relationship(back_populates="member", cascade="all, delete-orphan")
 
 
+class Role(Base):
+    """A named set of allow/deny rules (see `stockade.gateway.policy`), stored as JSON."""
+
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rules: Mapped[str] = mapped_column(Text)
+    builtin: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ToolPin(Base):
+    """The approved definition of one tool: a hash of its name, description and input schema."""
+
+    __tablename__ = "tool_pins"
+
+    server: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tool: Mapped[str] = mapped_column(String(255), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    approved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the server offered a different definition: the tool is hidden until re-approved.
+    changed_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class Token(Base):
     __tablename__ = "tokens"
 
