@@ -13,9 +13,12 @@ import httpx2
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from stockade.errors import AuthenticationError
 from stockade.gateway import jsonrpc
+from stockade.gateway.aggregate import AGGREGATE, create_aggregate_server
 from stockade.gateway.audit import AuditLog
 from stockade.gateway.identity import Principal, authenticate, bearer_from_header
 from stockade.gateway.pins import ToolPins
@@ -112,13 +115,35 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         async with httpx2.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False) as http:
             gateway.http = http
             app.state.proxy = McpProxy(http, gateway.audit, gateway.pins, gateway.streams)
-            async with anyio.create_task_group() as tasks:
+            async with aggregate.run(), anyio.create_task_group() as tasks:
                 tasks.start_soon(gateway.watch_revocations)
                 yield
                 tasks.cancel_scope.cancel()
             gateway.http = None
 
     app = FastAPI(title="Stockade gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    aggregate = create_aggregate_server(gateway.directory, lambda: app.state.proxy)
+
+    async def aggregate_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            principal = await gateway.principal(request)
+        except AuthenticationError as exc:
+            await unauthorized(gateway, request, exc.message)(scope, receive, send)
+            return
+        wait = gateway.limiter.acquire(principal.member)
+        if wait > 0:
+            await too_many_requests(wait)(scope, receive, send)
+            return
+        session_id = request.headers.get("mcp-session-id")
+        if session_id is not None and not gateway.streams.claim_session(AGGREGATE, session_id, principal.member, principal.token_id):
+            await rpc_error(404, jsonrpc.INVALID_REQUEST, "session not found")(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        with anyio.CancelScope() as held, gateway.streams.track(principal.token_id, held):
+            await aggregate.handle_request(scope, receive, send)
+
+    app.router.routes.append(Route("/mcp", aggregate_endpoint, methods=["GET", "POST", "DELETE"]))
 
     async def admit(request: Request, slug: str) -> tuple[Principal, Upstream] | Response:
         try:
