@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -144,13 +143,35 @@ def remove(slug: str) -> None:
 
 # -- members and tokens -------------------------------------------------------------------------
 @members_app.command("add")
-def members_add(name: str, role: Annotated[str, typer.Option(help="admin or member")] = "member", as_json: JsonOption = False) -> None:
+def members_add(name: str, role: Annotated[str, typer.Option(help="A role name (see the roles API).")] = "member",
+                as_json: JsonOption = False) -> None:
+    """Add a member with a role."""
     emit(api().request("POST", "/members", json={"name": name, "role": role}), as_json=as_json, columns=("name", "role", "created_at"))
 
 
 @members_app.command("list")
 def members_list(as_json: JsonOption = False) -> None:
+    """List members and their roles."""
     emit(api().request("GET", "/members"), as_json=as_json, columns=("name", "role", "created_at"), title="Members")
+
+
+@members_app.command("offboard")
+def members_offboard(name: str, as_json: JsonOption = False) -> None:
+    """Revoke every token of a member and close their open streams and sessions."""
+    result = api().request("POST", f"/members/{name}/offboard")
+    if as_json:
+        emit(result, as_json=True)
+    else:
+        console.print(f"{name}: revoked {len(result['tokens_revoked'])} tokens "
+                      f"({', '.join(result['tokens_revoked']) or 'none'}), closed {result['streams_closed']} streams "
+                      f"and {result['sessions_closed']} sessions")
+
+
+@members_app.command("remove")
+def members_remove(name: str) -> None:
+    """Remove a member after revoking all their tokens."""
+    result = api().request("DELETE", f"/members/{name}")
+    console.print(f"removed {name}; revoked {len(result['tokens_revoked'])} tokens")
 
 
 @tokens_app.command("mint")
@@ -171,6 +192,7 @@ def tokens_mint(
 
 @tokens_app.command("list")
 def tokens_list(member: Annotated[str | None, typer.Option()] = None, as_json: JsonOption = False) -> None:
+    """List tokens (never their values)."""
     params = {"member": member} if member else {}
     emit(api().request("GET", "/tokens", params=params), as_json=as_json,
          columns=("id", "member", "name", "expires_at", "revoked_at"), title="Tokens")
@@ -178,6 +200,7 @@ def tokens_list(member: Annotated[str | None, typer.Option()] = None, as_json: J
 
 @tokens_app.command("revoke")
 def tokens_revoke(token_id: str, as_json: JsonOption = False) -> None:
+    """Revoke a token: the next request with it fails and its open streams close."""
     emit(api().request("DELETE", f"/tokens/{token_id}"), as_json=as_json, columns=("id", "member", "revoked_at"))
 
 

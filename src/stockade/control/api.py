@@ -344,9 +344,9 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
     @api.delete("/members/{name}")
     async def remove_member(name: str, principal: Annotated[Principal, Depends(require_admin)]) -> OffboardOut:
         """Remove a member: their tokens are revoked first, then the member is deleted."""
-        result = await offboard(name)
         if name == principal.member:
             raise ConflictError("you cannot remove yourself", hint="ask another admin")
+        result = await offboard(name)
 
         def run() -> None:
             with database.session() as session:
