@@ -12,10 +12,12 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
+from stockade import metrics
 from stockade.catalog import SLUG_PATTERN
 from stockade.control.deployments import Deployments, DeploymentView
 from stockade.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDenied, StockadeError
@@ -401,6 +403,12 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
             return AuditVerifyOut(ok=not problems, records=count, problems=[ChainProblemOut(**p.__dict__) for p in problems])
 
         return await anyio.to_thread.run_sync(run)
+
+    @api.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    async def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus exposition format; scrape with the admin token as a bearer credential."""
+        metrics.ACTIVE_SESSIONS.set(gateway.streams.session_count())
+        return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api)
     return app

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from stockade.catalog import SLUG_PATTERN, Catalog, CatalogEntry
 from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
 from stockade.gateway.pins import ToolPins
+from stockade.logs import REDACTOR
 from stockade.gateway.upstream import Upstream
 from stockade.secrets import Sealer
 from stockade.store.database import Database
@@ -186,6 +187,8 @@ class Deployments:
             entry = self.catalog.get(row.entry)
             env = {v.name: self._sealer.open(v.sealed_value, context=_context(row.id, v.name)).decode() for v in row.variables}
             token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
+            for value in [token, *(env[v.name] for v in row.variables if v.secret)]:
+                REDACTOR.register(value)
             deployment_id = row.id
             row.status, row.desired_state, row.error = "deploying", "running", None
         self._upstreams.pop(slug, None)

@@ -19,6 +19,7 @@ from stockade.control.deployments import Deployments
 from stockade.gateway.app import Gateway, create_gateway_app
 from stockade.gateway.identity import MintedToken, create_member, mint_token
 from stockade.gateway.pins import ToolPins
+from stockade.logs import configure_logging
 from stockade.orchestrator.runtime import Orchestrator
 from stockade.secrets import Sealer, load_master_key
 from stockade.store.database import Database
@@ -70,6 +71,7 @@ class _Server(uvicorn.Server):
 class Platform:
     def __init__(self, settings: Settings, *, progress: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.log_path = configure_logging(settings.data_dir / "logs", settings.log_level)
         self.database = open_database(settings)
         self.sealer = open_sealer(settings, self.database)
         self.catalog = Catalog.load(settings.catalog_file)
@@ -84,10 +86,10 @@ class Platform:
         level = self.settings.log_level.lower()
         servers = [
             _Server(uvicorn.Config(create_gateway_app(self.gateway), host=self.settings.gateway_host,
-                                   port=self.settings.gateway_port, log_level=level, access_log=False)),
+                                   port=self.settings.gateway_port, log_level=level, access_log=False, log_config=None)),
             _Server(uvicorn.Config(create_control_app(self.database, self.deployments, self.gateway),
                                    host=self.settings.control_host, port=self.settings.control_port,
-                                   log_level=level, access_log=False)),
+                                   log_level=level, access_log=False, log_config=None)),
         ]
 
         async def stop_on_signal() -> None:

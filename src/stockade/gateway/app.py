@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from stockade import metrics
 from stockade.errors import AuthenticationError
 from stockade.gateway import jsonrpc
 from stockade.gateway.aggregate import AGGREGATE, create_aggregate_server
@@ -93,6 +94,7 @@ class Gateway:
 
 
 def unauthorized(gateway: Gateway, request: Request, message: str) -> JSONResponse:
+    metrics.AUTH_FAILURES.inc()
     challenge = f'Bearer resource_metadata="{gateway.resource_metadata_url(request.url.path)}"'
     return JSONResponse(
         {"error": "invalid_token", "error_description": message},
@@ -102,6 +104,7 @@ def unauthorized(gateway: Gateway, request: Request, message: str) -> JSONRespon
 
 
 def too_many_requests(wait: float) -> JSONResponse:
+    metrics.RATE_LIMITED.inc()
     return JSONResponse(
         {"error": "rate_limited", "error_description": "too many requests; retry later"},
         status_code=429,

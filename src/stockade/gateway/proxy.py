@@ -18,6 +18,7 @@ import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from stockade import metrics
 from stockade.gateway import jsonrpc
 from stockade.gateway.audit import AuditEvent, AuditLog
 from stockade.gateway.identity import Principal
@@ -80,6 +81,11 @@ class McpProxy:
 
     async def record(self, event: AuditEvent) -> None:
         await anyio.to_thread.run_sync(self._audit.append, event)
+        server = event.server or ""
+        metrics.CALLS.labels(server, event.method, event.tool or "", event.outcome).inc()
+        metrics.LATENCY.labels(server, event.method).observe(event.latency_ms / 1000)
+        if event.outcome == "denied":
+            metrics.DENIALS.labels(server).inc()
 
     @staticmethod
     def event(

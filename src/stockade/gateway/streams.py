@@ -60,6 +60,9 @@ class StreamRegistry:
         if owner is not None and owner[1] in self._held:
             self._held[owner[1]].sessions.discard((server, session_id))
 
+    def session_count(self) -> int:
+        return len(self._session_owner)
+
     def token_ids(self) -> list[str]:
         return [token_id for token_id, held in self._held.items() if held.scopes or held.sessions]
 
