@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,25 @@ import httpx2
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# STOCKADE_TEST_DATABASE=postgresql runs the suite against the local PostgreSQL server that
+# scripts/test starts; each test (and each platform) gets a database of its own.
+TEST_DATABASE = os.environ.get("STOCKADE_TEST_DATABASE", "sqlite")
+POSTGRES_DSN = "postgresql+psycopg://stockade_test:stockade_test@127.0.0.1:5432"
+
+
+def fresh_database_url(directory: Path) -> str:
+    if TEST_DATABASE == "sqlite":
+        return f"sqlite:///{directory / 'stockade.db'}"
+    if TEST_DATABASE != "postgresql":
+        raise AssertionError(f"STOCKADE_TEST_DATABASE must be sqlite or postgresql, not {TEST_DATABASE!r}")
+    import sqlalchemy
+
+    name = f"stockade_test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(f"{POSTGRES_DSN}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{POSTGRES_DSN}/{name}"
 
 
 def free_port() -> int:
@@ -55,6 +75,30 @@ class RunningPlatform:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def database_url(self) -> str:
+        return self.env["STOCKADE_DATABASE_URL"]
+
+    def sql(self, statement: str, **params: object) -> list[tuple]:
+        """Run SQL directly against the platform's database (as an attacker with file access would)."""
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.database_url)
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(sqlalchemy.text(statement), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def database_bytes(self) -> bytes:
+        """Everything the database holds, as bytes: the files for SQLite, every table's rows otherwise."""
+        if self.database_url.startswith("sqlite:///"):
+            path = Path(self.database_url.removeprefix("sqlite:///"))
+            return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        tables = [row[0] for row in self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return repr([self.sql(f'SELECT * FROM "{table}"') for table in tables]).encode()
+
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -78,6 +122,7 @@ def start_platform(data_dir: Path, **extra_env: str) -> RunningPlatform:
         "STOCKADE_GATEWAY_PORT": str(gateway_port),
         "STOCKADE_CONTROL_PORT": str(control_port),
         "STOCKADE_LOG_LEVEL": "warning",
+        "STOCKADE_DATABASE_URL": fresh_database_url(data_dir),
         **extra_env,
     }
     admin = subprocess.run([sys.executable, "-m", "stockade.cli", "admin-token", "--name", "tests"],
@@ -108,6 +153,26 @@ def stop_platform(platform: RunningPlatform) -> None:
         except subprocess.TimeoutExpired:
             platform.process.kill()
             platform.process.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_old_test_databases() -> None:
+    """Test databases of earlier runs on this PostgreSQL server are dropped before this one."""
+    if TEST_DATABASE != "postgresql":
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"{POSTGRES_DSN}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        names = connection.execute(sqlalchemy.text("SELECT datname FROM pg_database WHERE datname LIKE 'stockade_test_%'"))
+        for (name,) in list(names):
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture()
+def database_url(tmp_path: Path) -> str:
+    return fresh_database_url(tmp_path)
 
 
 @pytest.fixture(scope="session")

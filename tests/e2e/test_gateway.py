@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 
 import anyio
@@ -174,15 +173,9 @@ def test_audit_chain_edit_is_caught_by_verify(deployed: RunningPlatform) -> None
     anyio.run(call, f"{deployed.gateway_url}/servers/time/mcp", token, "get_current_time", {"timezone": "UTC"})
     row = audit_rows(deployed, member="chain", tool="get_current_time")[-1]
     assert "intact" in deployed.cli("audit", "verify").stdout
-    database = sqlite3.connect(deployed.data_dir / "stockade.db")
-    with database:
-        database.execute("UPDATE audit SET outcome = 'denied' WHERE id = ?", (row["id"],))
-    database.close()
+    deployed.sql("UPDATE audit SET outcome = 'denied' WHERE id = :id", id=row["id"])
     broken = deployed.cli("audit", "verify", check=False)
     assert broken.returncode == 1
     assert str(row["id"]) in broken.stdout and "edited" in broken.stdout
-    database = sqlite3.connect(deployed.data_dir / "stockade.db")
-    with database:
-        database.execute("UPDATE audit SET outcome = 'ok' WHERE id = ?", (row["id"],))
-    database.close()
+    deployed.sql("UPDATE audit SET outcome = 'ok' WHERE id = :id", id=row["id"])
     assert deployed.cli("audit", "verify").returncode == 0

@@ -77,7 +77,7 @@ def test_audit_row_without_argument_values(platform: RunningPlatform, time_serve
     assert row["server"] == "time" and row["method"] == "tools/call" and row["outcome"] == "ok"
     assert row["latency_ms"] > 0 and row["token_id"] and row["request_id"] is not None
     assert PLANTED_ZONE not in raw and "Chatham" not in raw
-    assert PLANTED_ZONE.encode() not in (platform.data_dir / "stockade.db").read_bytes()
+    assert PLANTED_ZONE.encode() not in platform.database_bytes()
 
 
 def test_container_is_hardened(docker_client: docker.DockerClient, time_server: dict) -> None:

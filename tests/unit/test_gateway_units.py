@@ -84,8 +84,8 @@ def test_token_bucket() -> None:
     assert retry_after_header(0.2) == "1" and retry_after_header(2.1) == "3"
 
 
-def test_tool_pins_hide_changed_and_unapproved_tools(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'pins.db'}")
+def test_tool_pins_hide_changed_and_unapproved_tools(database_url: str) -> None:
+    database = Database(database_url)
     database.migrate()
     pins = ToolPins(database)
     echo = {"name": "echo", "description": "Echo input", "inputSchema": {"type": "object"}}

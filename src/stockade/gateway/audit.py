@@ -9,17 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from stockade.store.database import Database
 from stockade.store.models import AuditRecord, utcnow
 
 GENESIS = "0" * 64
+_APPEND_ATTEMPTS = 20
+_CHAIN_LOCK_KEY = 0x5740CADE  # any fixed number: the one advisory lock that guards the chain
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,25 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def append(self, event: AuditEvent) -> None:
-        """Write one record durably; returns only after commit (an acknowledged call is audited)."""
-        with self._lock, self._db.session() as session:
+        """Write one record durably; returns only after commit (an acknowledged call is audited).
+
+        Several gateway processes may append at once: on PostgreSQL an advisory lock serializes
+        the read-last-then-insert; on any database a lost race (the same id taken) is retried.
+        """
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                with self._lock:
+                    self._append_once(event)
+                return
+            except (IntegrityError, OperationalError):
+                if attempt == _APPEND_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+
+    def _append_once(self, event: AuditEvent) -> None:
+        with self._db.session() as session:
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
             last = session.execute(select(AuditRecord.id, AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)).first()
             record = AuditRecord(
                 id=(last.id + 1) if last else 1,
