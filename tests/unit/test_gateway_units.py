@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from stockade.errors import ValidationFailed
 from stockade.gateway.pins import ToolPins, tool_digest
 from stockade.gateway.policy import Effect, Kind, Rule, is_allowed, parse_rules
-from stockade.gateway.ratelimit import RateLimiter, retry_after_header
+from stockade.gateway.ratelimit import DatabaseRateLimiter, MemoryRateLimiter, create_rate_limiter, retry_after_header
 from stockade.gateway.sse import event_json, replace_event_data, split_events
 from stockade.store.database import Database
 
@@ -75,13 +75,21 @@ def test_sse_event_json_and_rewrite() -> None:
     assert rewritten == b'id: 7\nevent: message\ndata: {"x":1}\n\n'
 
 
-def test_token_bucket() -> None:
-    limiter = RateLimiter(per_minute=60, burst=3)
-    assert [limiter.acquire("ada") for _ in range(3)] == [0.0, 0.0, 0.0]
-    wait = limiter.acquire("ada")
-    assert 0 < wait <= 1.0
-    assert limiter.acquire("bo") == 0.0  # buckets are per member
+def test_token_bucket(database_url: str) -> None:
+    database = Database(database_url)
+    database.migrate()
+    # Two limiters on one database stand for two gateway processes: on PostgreSQL they share
+    # the member's bucket; on SQLite (one process) each keeps its own in memory.
+    first = create_rate_limiter(database, per_minute=1, burst=3)
+    second = create_rate_limiter(database, per_minute=1, burst=3)
+    shared = database.engine.dialect.name == "postgresql"
+    assert isinstance(first, DatabaseRateLimiter if shared else MemoryRateLimiter)
+    other = second if shared else first
+    assert [first.acquire("ada"), other.acquire("ada"), first.acquire("ada")] == [0.0, 0.0, 0.0]
+    assert 0 < other.acquire("ada") <= 60.0
+    assert first.acquire("bo") == 0.0  # buckets are per member
     assert retry_after_header(0.2) == "1" and retry_after_header(2.1) == "3"
+    database.close()
 
 
 def test_tool_pins_hide_changed_and_unapproved_tools(database_url: str) -> None:

@@ -24,7 +24,7 @@ from stockade.gateway.audit import AuditLog
 from stockade.gateway.identity import Principal, authenticate, bearer_from_header
 from stockade.gateway.pins import ToolPins
 from stockade.gateway.proxy import BodyTooLarge, McpProxy, read_body, rpc_error
-from stockade.gateway.ratelimit import RateLimiter, retry_after_header
+from stockade.gateway.ratelimit import RateLimiter, create_rate_limiter, retry_after_header
 from stockade.gateway.streams import WATCH_INTERVAL, Closed, StreamRegistry, revoked_among
 from stockade.gateway.upstream import ServerDirectory, Upstream
 from stockade.store.database import Database
@@ -51,7 +51,7 @@ class Gateway:
         self.audit = AuditLog(database)
         self.pins = pins or ToolPins(database)
         self.streams = StreamRegistry()
-        self.limiter = RateLimiter(per_minute=rate_per_minute, burst=rate_burst)
+        self.limiter: RateLimiter = create_rate_limiter(database, per_minute=rate_per_minute, burst=rate_burst)
         self.public_url = public_url.rstrip("/")
         self.http: httpx2.AsyncClient | None = None
 
@@ -134,7 +134,7 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         except AuthenticationError as exc:
             await unauthorized(gateway, request, exc.message)(scope, receive, send)
             return
-        wait = gateway.limiter.acquire(principal.member)
+        wait = await anyio.to_thread.run_sync(gateway.limiter.acquire, principal.member)
         if wait > 0:
             await too_many_requests(wait)(scope, receive, send)
             return
@@ -153,7 +153,7 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
             principal = await gateway.principal(request)
         except AuthenticationError as exc:
             return unauthorized(gateway, request, exc.message)
-        wait = gateway.limiter.acquire(principal.member)
+        wait = await anyio.to_thread.run_sync(gateway.limiter.acquire, principal.member)
         if wait > 0:
             return too_many_requests(wait)
         upstream = await gateway.directory.resolve(slug)

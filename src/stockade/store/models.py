@@ -150,3 +150,13 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_audit_member_ts", "member", "ts"), Index("ix_audit_server_ts", "server", "ts"))
+
+
+class RateBucket(Base):
+    """A member's token bucket when several gateway processes share one database."""
+
+    __tablename__ = "rate_buckets"
+
+    member: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column()
+    updated: Mapped[float] = mapped_column()  # seconds since the epoch, by the database's clock
