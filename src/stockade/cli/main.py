@@ -99,7 +99,7 @@ def images(
 
 
 # -- deployments ------------------------------------------------------------------------------------
-DEPLOYMENT_COLUMNS = ("slug", "entry", "status", "endpoint", "error")
+DEPLOYMENT_COLUMNS = ("slug", "entry", "status", "restarts", "last_exit", "endpoint", "error")
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -132,6 +132,20 @@ def deploy(
 def list_servers(as_json: JsonOption = False) -> None:
     """List deployments and their status."""
     emit(api().request("GET", "/deployments"), as_json=as_json, columns=DEPLOYMENT_COLUMNS, title="Servers")
+
+
+@app.command()
+def stop(slug: str, as_json: JsonOption = False) -> None:
+    """Stop a server; its stored variables stay for a later restart."""
+    emit(api().request("POST", f"/deployments/{slug}/stop"), as_json=as_json, columns=DEPLOYMENT_COLUMNS)
+
+
+@app.command()
+def restart(slug: str, as_json: JsonOption = False) -> None:
+    """Start a stopped server, or replace a running one with a fresh container."""
+    with console.status(f"restarting {slug}…"):
+        result = api().request("POST", f"/deployments/{slug}/restart")
+    emit(result, as_json=as_json, columns=DEPLOYMENT_COLUMNS)
 
 
 @app.command()

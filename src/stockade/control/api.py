@@ -50,6 +50,8 @@ class DeploymentOut(BaseModel):
     status: str
     desired_state: str
     error: str | None
+    restarts: int = Field(description="times the container died and was restarted")
+    last_exit: str | None = Field(description="why it last died, e.g. 'out of memory'")
     variables: dict[str, datetime] = Field(description="variable name -> when it was set")
     endpoint: str = Field(description="MCP endpoint on the gateway")
     created_at: datetime
@@ -237,6 +239,15 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
     @api.get("/deployments/{slug}")
     async def get_deployment(slug: str) -> DeploymentOut:
         return view(await anyio.to_thread.run_sync(deployments.get, slug))
+
+    @api.post("/deployments/{slug}/stop")
+    async def stop_deployment(slug: str) -> DeploymentOut:
+        return view(await anyio.to_thread.run_sync(deployments.stop, slug))
+
+    @api.post("/deployments/{slug}/restart")
+    async def restart_deployment(slug: str) -> DeploymentOut:
+        """Start a stopped deployment, or replace a running one with a fresh container."""
+        return view(await anyio.to_thread.run_sync(deployments.start, slug))
 
     @api.delete("/deployments/{slug}", status_code=204)
     async def delete_deployment(slug: str) -> None:

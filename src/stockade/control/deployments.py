@@ -19,6 +19,7 @@ import anyio
 import httpx2
 from sqlalchemy import select
 
+from stockade import metrics
 from stockade.catalog import SLUG_PATTERN, Catalog, CatalogEntry
 from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
 from stockade.gateway.pins import ToolPins
@@ -29,7 +30,7 @@ from stockade.store.database import Database
 from stockade.store.models import Deployment, DeploymentVariable, utcnow
 
 if TYPE_CHECKING:
-    from stockade.orchestrator.runtime import Orchestrator
+    from stockade.orchestrator.runtime import InstanceStatus, Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class DeploymentView:
     status: str
     desired_state: str
     error: str | None
+    restarts: int
+    last_exit: str | None
     variables: dict[str, datetime]
     created_at: datetime
     updated_at: datetime
@@ -55,10 +58,20 @@ class DeploymentView:
             status=row.status,
             desired_state=row.desired_state,
             error=row.error,
+            restarts=row.restarts,
+            last_exit=row.last_exit,
             variables={v.name: v.set_at for v in row.variables},
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
+
+
+def describe_exit(state: InstanceStatus) -> str:
+    if state.oom_killed:
+        return "out of memory (killed by the kernel's OOM killer)"
+    if state.exit_code is not None:
+        return f"exited with code {state.exit_code}" + (f": {state.error}" if state.error else "")
+    return f"not running ({state.state})" + (f": {state.error}" if state.error else "")
 
 
 def _context(deployment_id: str, name: str) -> str:
@@ -211,10 +224,52 @@ class Deployments:
             self.approve_tools(slug)
         return view
 
+    # -- supervision -----------------------------------------------------------------------------
+    def dead_instances(self) -> list[tuple[str, str | None]]:
+        """Deployments that should run but whose container does not: (slug, why it died).
+
+        The reason is None for one already recorded and waiting for its restart.
+        """
+        with self._db.session() as session:
+            rows = [(r.slug, r.status) for r in session.scalars(select(Deployment).where(Deployment.desired_state == "running"))]
+        dead = []
+        for slug, status in rows:
+            if status == "restarting":
+                dead.append((slug, None))
+            elif status == "running":
+                state = self._orchestrator.status(slug)
+                if not state.running:
+                    dead.append((slug, describe_exit(state)))
+        return dead
+
+    def record_exit(self, slug: str, reason: str) -> None:
+        self._upstreams.pop(slug, None)
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            row.status, row.restarts, row.last_exit = "restarting", row.restarts + 1, reason
+        metrics.RESTARTS.labels(slug).set(self.get(slug).restarts)
+
+    def mark_crash_loop(self, slug: str, reason: str, deaths: int, window: float) -> None:
+        self._upstreams.pop(slug, None)
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            row.status, row.last_exit = "crash-loop", reason
+            row.error = (f"died {deaths} times in {window / 60:.0f} minutes (last: {reason}); not restarted again. "
+                         f"Fix the cause, then `stockade restart {slug}`")
+
     def _set_status(self, slug: str, status: str, *, error: str | None = None) -> None:
         with self._db.session() as session:
             row = self._row(session, slug)
             row.status, row.error = status, error
+
+    def stop(self, slug: str) -> DeploymentView:
+        """Stop the server (container and network go; stored values stay for a later start)."""
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            row.desired_state, row.status, row.endpoint, row.container_id = "stopped", "stopped", None, None
+        self._upstreams.pop(slug, None)
+        self._orchestrator.remove(slug)
+        return self.get(slug)
 
     def remove(self, slug: str) -> None:
         """Remove the containers, network and stored values of a deployment."""

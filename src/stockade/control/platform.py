@@ -16,6 +16,7 @@ from stockade.catalog import Catalog
 from stockade.config import Settings
 from stockade.control.api import create_control_app
 from stockade.control.deployments import Deployments
+from stockade.control.supervisor import Supervisor
 from stockade.gateway.app import Gateway, create_gateway_app
 from stockade.gateway.identity import MintedToken, create_member, mint_token
 from stockade.gateway.pins import ToolPins
@@ -110,6 +111,7 @@ class Platform:
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(stop_on_signal)
+            tasks.start_soon(Supervisor(self.deployments).run)
             tasks.start_soon(announce)
             async with anyio.create_task_group() as serving:
                 for server in servers:

@@ -96,6 +96,8 @@ class Deployment(Base):
     desired_state: Mapped[str] = mapped_column(String(16), default="running")
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    last_exit: Mapped[str | None] = mapped_column(Text, nullable=True)
     endpoint: Mapped[str | None] = mapped_column(String(255), nullable=True)
     container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     bridge_token: Mapped[bytes] = mapped_column(LargeBinary)
