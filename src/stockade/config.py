@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     control_port: int = Field(default=8701, ge=0, le=65535)
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Sustained calls per member per minute.")
     rate_limit_burst: int = Field(default=60, ge=1, description="Calls a member may make at once.")
+    oidc: dict[str, Any] | None = Field(
+        default=None,
+        description="OIDC issuer for JWT bearer tokens (JSON in STOCKADE_OIDC): issuer, role_map, and optionally "
+        "audience (default: the gateway URL), algorithms, member_claim, role_claim, required_scopes, clock_skew_seconds.",
+    )
     public_url: str | None = Field(default=None, description="The gateway URL clients use, if not host:port.")
 
     master_key: SecretStr | None = Field(default=None, description="Base64 master key (else the key file).")

@@ -32,7 +32,7 @@ NamespaceDocOpt = Annotated[bool, typer.Option("--namespace-manifest/--no-namesp
 def _say(message: str) -> None:
     from stockade.cli.output import errors
 
-    errors.print(message, highlight=False)
+    errors.print(message, highlight=False, soft_wrap=True)
 
 
 def _entries(names: list[str] | None, catalog_file: Path | None) -> list[CatalogEntry]:

@@ -35,7 +35,7 @@ from stockade.gateway.identity import (
     role_rules,
 )
 from stockade.store.database import Database
-from stockade.store.models import AuditRecord, Member, Role, Token
+from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
 
 
 class DeployRequest(BaseModel):
@@ -345,6 +345,7 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         def run() -> list[str]:
             with database.session() as session:
                 member = get_member(session, name)
+                member.offboarded_at = utcnow()
                 return [revoke_token(session, token.id).id for token in member.tokens if token.revoked_at is None]
 
         revoked = await anyio.to_thread.run_sync(run)

@@ -19,6 +19,7 @@ from stockade.control.deployments import Deployments
 from stockade.control.supervisor import Supervisor
 from stockade.gateway.app import Gateway, create_gateway_app
 from stockade.gateway.identity import MintedToken, create_member, mint_token
+from stockade.gateway.oidc import OidcConfig
 from stockade.gateway.pins import ToolPins
 from stockade.logs import configure_logging
 from stockade.orchestrator.runtime import Orchestrator
@@ -79,7 +80,8 @@ class Platform:
         self.orchestrator = Orchestrator(settings, progress=progress)
         pins = ToolPins(self.database)
         self.deployments = Deployments(self.database, self.sealer, self.catalog, self.orchestrator, pins)
-        self.gateway = Gateway(self.database, self.deployments, public_url=settings.gateway_url, pins=pins,
+        oidc = OidcConfig.load({"audience": settings.gateway_url, **settings.oidc}) if settings.oidc else None
+        self.gateway = Gateway(self.database, self.deployments, public_url=settings.gateway_url, oidc=oidc, pins=pins,
                                rate_per_minute=settings.rate_limit_per_minute, rate_burst=settings.rate_limit_burst)
 
     async def serve(self, *, on_started: Callable[[], Awaitable[None]] | None = None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx2
 from fastapi import FastAPI
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,13 +22,15 @@ from stockade.errors import AuthenticationError
 from stockade.gateway import jsonrpc
 from stockade.gateway.aggregate import AGGREGATE, create_aggregate_server
 from stockade.gateway.audit import AuditLog
-from stockade.gateway.identity import Principal, authenticate, bearer_from_header
+from stockade.gateway.identity import Principal, authenticate, bearer_from_header, role_rules
+from stockade.gateway.oidc import InsufficientScope, OidcConfig, OidcIdentity, OidcVerifier, looks_like_jwt
 from stockade.gateway.pins import ToolPins
 from stockade.gateway.proxy import BodyTooLarge, McpProxy, read_body, rpc_error
 from stockade.gateway.ratelimit import RateLimiter, create_rate_limiter, retry_after_header
 from stockade.gateway.streams import WATCH_INTERVAL, Closed, StreamRegistry, revoked_among
 from stockade.gateway.upstream import ServerDirectory, Upstream
 from stockade.store.database import Database
+from stockade.store.models import Member, Role
 
 log = logging.getLogger(__name__)
 UPSTREAM_TIMEOUT = httpx2.Timeout(connect=5.0, read=300.0, write=30.0, pool=10.0)
@@ -42,6 +45,7 @@ class Gateway:
         directory: ServerDirectory,
         *,
         public_url: str,
+        oidc: OidcConfig | None = None,
         pins: ToolPins | None = None,
         rate_per_minute: int = 600,
         rate_burst: int = 60,
@@ -53,7 +57,9 @@ class Gateway:
         self.streams = StreamRegistry()
         self.limiter: RateLimiter = create_rate_limiter(database, per_minute=rate_per_minute, burst=rate_burst)
         self.public_url = public_url.rstrip("/")
+        self.oidc = oidc
         self.http: httpx2.AsyncClient | None = None
+        self.verifier: OidcVerifier | None = None
 
     def resource_metadata_url(self, path: str) -> str:
         return f"{self.public_url}/.well-known/oauth-protected-resource{path}"
@@ -62,12 +68,25 @@ class Gateway:
         if {"access_token", "token"} & set(request.query_params):
             raise AuthenticationError("tokens in query strings are refused; send Authorization: Bearer")
         presented = bearer_from_header(request.headers.get("authorization"))
+        if self.verifier is not None and looks_like_jwt(presented):
+            identity = await self.verifier.verify(presented or "")
+            return await anyio.to_thread.run_sync(self._oidc_principal, identity)
 
         def lookup() -> Principal:
             with self.database.session() as session:
                 return authenticate(session, presented)
 
         return await anyio.to_thread.run_sync(lookup)
+
+    def _oidc_principal(self, identity: OidcIdentity) -> Principal:
+        with self.database.session() as session:
+            rules = session.scalar(select(Role.rules).where(Role.name == identity.role))
+            if rules is None:
+                raise AuthenticationError(f"the role {identity.role!r} your identity maps to does not exist here")
+            offboarded = session.scalar(select(Member.offboarded_at).where(Member.name == identity.member))
+            if offboarded is not None:
+                raise AuthenticationError("this member has been offboarded")
+        return identity.principal(role_rules(rules))
 
     async def end_upstream_session(self, slug: str, session_id: str) -> None:
         upstream = await self.directory.resolve(slug)
@@ -93,9 +112,23 @@ class Gateway:
                 log.info("token %s revoked: closed %d streams, %d sessions", token_id, closed.streams, closed.sessions)
 
 
+def refused(gateway: Gateway, request: Request, error: AuthenticationError | InsufficientScope) -> JSONResponse:
+    """401 (no valid token) or 403 `insufficient_scope`, each with its `WWW-Authenticate` challenge."""
+    metadata = gateway.resource_metadata_url(request.url.path)
+    if isinstance(error, InsufficientScope):
+        return JSONResponse(
+            {"error": "insufficient_scope", "error_description": error.message, "scope": error.scope},
+            status_code=403,
+            headers={"WWW-Authenticate": error.www_authenticate(metadata)},
+        )
+    return unauthorized(gateway, request, error.message)
+
+
 def unauthorized(gateway: Gateway, request: Request, message: str) -> JSONResponse:
     metrics.AUTH_FAILURES.inc()
     challenge = f'Bearer resource_metadata="{gateway.resource_metadata_url(request.url.path)}"'
+    if gateway.oidc and gateway.oidc.required_scopes:
+        challenge += f', scope="{" ".join(gateway.oidc.required_scopes)}"'
     return JSONResponse(
         {"error": "invalid_token", "error_description": message},
         status_code=401,
@@ -117,6 +150,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with httpx2.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False) as http:
             gateway.http = http
+            if gateway.oidc is not None:
+                gateway.verifier = OidcVerifier(gateway.oidc, http)
             app.state.proxy = McpProxy(http, gateway.audit, gateway.pins, gateway.streams)
             async with aggregate.run(), anyio.create_task_group() as tasks:
                 tasks.start_soon(gateway.watch_revocations)
@@ -131,8 +166,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         request = Request(scope, receive)
         try:
             principal = await gateway.principal(request)
-        except AuthenticationError as exc:
-            await unauthorized(gateway, request, exc.message)(scope, receive, send)
+        except (AuthenticationError, InsufficientScope) as exc:
+            await refused(gateway, request, exc)(scope, receive, send)
             return
         wait = await anyio.to_thread.run_sync(gateway.limiter.acquire, principal.member)
         if wait > 0:
@@ -151,8 +186,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
     async def admit(request: Request, slug: str) -> tuple[Principal, Upstream] | Response:
         try:
             principal = await gateway.principal(request)
-        except AuthenticationError as exc:
-            return unauthorized(gateway, request, exc.message)
+        except (AuthenticationError, InsufficientScope) as exc:
+            return refused(gateway, request, exc)
         wait = await anyio.to_thread.run_sync(gateway.limiter.acquire, principal.member)
         if wait > 0:
             return too_many_requests(wait)
@@ -167,12 +202,16 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/.well-known/oauth-protected-resource{path:path}")
     async def protected_resource_metadata(path: str) -> dict[str, object]:
-        return {
+        """RFC 9728 metadata, at the root and at each resource's path-specific URL."""
+        metadata: dict[str, object] = {
             "resource": f"{gateway.public_url}{path}",
-            "authorization_servers": [],
+            "authorization_servers": [gateway.oidc.issuer] if gateway.oidc else [],
             "bearer_methods_supported": ["header"],
             "resource_name": "Stockade gateway",
         }
+        if gateway.oidc and gateway.oidc.required_scopes:
+            metadata["scopes_supported"] = list(gateway.oidc.required_scopes)
+        return metadata
 
     @app.api_route("/servers/{slug}/mcp", methods=["GET", "POST", "DELETE"])
     async def server_mcp(slug: str, request: Request) -> Response:
@@ -214,8 +253,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         """Every tool the caller may call, on every running server."""
         try:
             principal = await gateway.principal(request)
-        except AuthenticationError as exc:
-            return unauthorized(gateway, request, exc.message)
+        except (AuthenticationError, InsufficientScope) as exc:
+            return refused(gateway, request, exc)
         proxy: McpProxy = request.app.state.proxy
         listing: list[dict[str, Any]] = []
         for upstream in await gateway.directory.running():

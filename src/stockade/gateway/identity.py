@@ -72,6 +72,7 @@ def get_member(session: Session, name: str) -> Member:
 
 
 def mint_token(session: Session, member: Member, *, name: str, ttl: timedelta | None) -> MintedToken:
+    member.offboarded_at = None
     token_id = secrets.token_hex(6)
     secret = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     expires_at = utcnow() + ttl if ttl is not None else None

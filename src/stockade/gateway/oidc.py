@@ -379,7 +379,7 @@ class OidcVerifier:
             return key
         if self._fetched_at is None:
             raise AuthenticationError(
-                f"identity provider unreachable: {self._last_error or 'no signing keys fetched yet'}",
+                f"identity provider unreachable; last attempt: {self._last_error or 'none yet'}",
                 hint="retry shortly; if this persists, check the issuer URL and the provider's status",
             )
         what = (

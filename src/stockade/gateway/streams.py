@@ -81,6 +81,8 @@ class StreamRegistry:
 
 def revoked_among(database: Database, token_ids: list[str]) -> list[str]:
     """Which of these tokens are revoked or expired now (another gateway process may have revoked them)."""
+    # JWTs are not revocable here: they end at their expiry (`oidc:` ids are not in the table).
+    token_ids = [token_id for token_id in token_ids if not token_id.startswith("oidc:")]
     if not token_ids:
         return []
     now = utcnow()

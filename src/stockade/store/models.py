@@ -44,6 +44,8 @@ class Member(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set by offboarding: refuses the member's OIDC tokens until a token is minted for them again.
+    offboarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     tokens: Mapped[list[Token]] = relationship(back_populates="member", cascade="all, delete-orphan")
 

@@ -21,6 +21,7 @@ comply, whatever rendered it. NetworkPolicies are enforced only by a CNI that im
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import ipaddress
 import json
@@ -179,7 +180,7 @@ def _bootstrap_document(entry: CatalogEntry, bootstrap: Mapping[str, str] | None
     if bootstrap is None:
         env = {v.name: f"<placeholder: value of {v.name}>" for v in entry.required_env}
         document = {"token": "<placeholder: bridge token, minted by the control plane at apply time>", "env": env}
-        return json.dumps(document, indent=2, sort_keys=True), True
+        return json.dumps(document, sort_keys=True), True
     token = bootstrap.get("token")
     if not token:
         raise ValidationFailed(f"bootstrap for {entry.name!r} has no bridge token", hint="give the key 'token'")
@@ -194,7 +195,7 @@ def _bootstrap_document(entry: CatalogEntry, bootstrap: Mapping[str, str] | None
         problems.append(f"variables not declared by catalog entry {entry.name!r}: {', '.join(unknown)}")
     if problems:
         raise ValidationFailed("; ".join(problems), hint=f"see `stockade catalog show {entry.name}`")
-    return json.dumps({"token": token, "env": env}, indent=2, sort_keys=True), False
+    return json.dumps({"token": token, "env": env}, sort_keys=True), False
 
 
 def _mount_sub_path(host_path: str) -> str:
@@ -441,7 +442,8 @@ def render_server(
         ),
     }
     # Policy first, so the pods never run a moment without it; the Secret before the Deployment.
-    return [policy, secret, *objects, service, deployment]
+    # Deep copies: no two objects share a dict (no YAML aliases, no action at a distance).
+    return copy.deepcopy([policy, secret, *objects, service, deployment])
 
 
 def render_network_policy_spec(
@@ -510,6 +512,13 @@ def egress_allowlist(entries: Iterable[CatalogEntry]) -> list[str]:
     return sorted({d for e in entries for d in e.egress})
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def to_yaml(manifests: Iterable[Mapping[str, Any]]) -> str:
-    """Multi-document YAML (`---` separated), keys in the order rendered."""
-    return "".join("---\n" + yaml.safe_dump(dict(m), sort_keys=False, default_flow_style=False) for m in manifests)
+    """Multi-document YAML (`---` separated), keys in the order rendered, no anchors or aliases."""
+    return "".join(
+        "---\n" + yaml.dump(dict(m), Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False) for m in manifests
+    )

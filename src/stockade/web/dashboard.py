@@ -1,0 +1,967 @@
+"""The web dashboard: server-rendered pages over the same services as the management API.
+
+Mounted by the management app at `/ui`. Every page does what an API route does, through the same
+Python services (never by HTTP to itself). Security model:
+
+* Login exchanges an admin token for a server-side session. The session keeps only the token's id;
+  every request re-checks that token (revoked, expired or no longer an admin ends the session).
+  The cookie holds a random id (only its hash is kept server-side), is `HttpOnly`,
+  `SameSite=Strict`, `Secure` on https, and expires (idle and absolute limits).
+* Every form carries a per-session CSRF token, compared in constant time. The login form, which
+  has no session yet, uses a signed double-submit cookie instead.
+* Every response carries a strict Content-Security-Policy; pages have no inline script or style.
+* Secret values are accepted once (deploy form) and never rendered, logged or echoed in errors.
+
+OIDC login is not implemented: a second login method would add a `LoginMethod`-like branch in
+`_login` and a `source` other than "token" in `WebSession` with its own `_still_valid` check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from sqlalchemy import func, select
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from stockade import metrics
+from stockade.catalog import SLUG_PATTERN, CatalogEntry, NetworkProfile
+from stockade.control.deployments import Deployments, DeploymentView
+from stockade.errors import AuthenticationError, ConflictError, StockadeError, ValidationFailed
+from stockade.gateway.app import Gateway
+from stockade.gateway.audit import verify_database
+from stockade.gateway.identity import ADMIN_ROLE, authenticate, create_member, get_member, mint_token, revoke_token
+from stockade.store.database import Database
+from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+STATIC_TYPES = {
+    "htmx.min.js": "text/javascript; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+
+SESSION_COOKIE = "stockade_session"
+LOGIN_COOKIE = "stockade_login"
+SESSION_IDLE_SECONDS = 30 * 60
+SESSION_MAX_SECONDS = 8 * 60 * 60
+MAX_SESSIONS = 1000
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+MEMBER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+TOKEN_TTLS = {"7": 7, "30": 30, "90": 90, "365": 365, "never": None}
+AUDIT_PAGE_SIZES = (25, 50, 100, 250)
+EXPORT_BATCH = 1000
+CHART_WINDOWS = {"1h": (timedelta(hours=1), 12), "24h": (timedelta(hours=24), 24), "7d": (timedelta(days=7), 28)}
+CHART_MAX_ROWS = 200_000
+NOT_WIRED = "Not available yet: the platform service for this action is still being built."
+
+
+# -- sessions ------------------------------------------------------------------------------------
+@dataclass
+class WebSession:
+    """One signed-in browser. Holds no credential: only the id of the token that opened it."""
+
+    member: str
+    token_id: str
+    csrf: str
+    created: float
+    last_seen: float
+    source: str = "token"  # the login method; "oidc" would be another
+    flashes: list[tuple[str, str]] = field(default_factory=list)
+    once: dict[str, Any] = field(default_factory=dict)  # shown on the next page view only
+
+    def flash(self, kind: str, message: str) -> None:
+        self.flashes.append((kind, message))
+
+
+class SessionStore:
+    """In-memory sessions keyed by the SHA-256 of the cookie value (a restart signs everyone out)."""
+
+    def __init__(self, *, idle: float = SESSION_IDLE_SECONDS, lifetime: float = SESSION_MAX_SECONDS) -> None:
+        self._idle, self._lifetime = idle, lifetime
+        self._sessions: OrderedDict[str, WebSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode()).hexdigest()
+
+    def create(self, member: str, token_id: str, *, source: str = "token") -> tuple[str, WebSession]:
+        session_id = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        web = WebSession(member=member, token_id=token_id, csrf=secrets.token_urlsafe(32), created=now,
+                         last_seen=now, source=source)
+        with self._lock:
+            self._sessions[self._key(session_id)] = web
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        return session_id, web
+
+    def get(self, session_id: str | None) -> WebSession | None:
+        if not session_id or len(session_id) > 128:
+            return None
+        key = self._key(session_id)
+        now = time.monotonic()
+        with self._lock:
+            web = self._sessions.get(key)
+            if web is None:
+                return None
+            if now - web.last_seen > self._idle or now - web.created > self._lifetime:
+                del self._sessions[key]
+                return None
+            web.last_seen = now
+            self._sessions.move_to_end(key)
+            return web
+
+    def drop(self, session_id: str | None) -> None:
+        if session_id:
+            with self._lock:
+                self._sessions.pop(self._key(session_id), None)
+
+
+# -- control flow inside handlers ----------------------------------------------------------------
+class _Redirect(Exception):
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+
+class _LoginRequired(Exception):
+    pass
+
+
+class _CsrfRefused(Exception):
+    pass
+
+
+class _UIRoute(APIRoute):
+    """Adds the security headers to every response and renders errors as pages, not JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        original = super().get_route_handler()
+        dashboard: Dashboard = self.endpoint.__dashboard__  # type: ignore[attr-defined]
+
+        async def handler(request: Request) -> Response:
+            try:
+                response = await original(request)
+            except _Redirect as redirect:
+                response = _see_other(request, redirect.location)
+            except _LoginRequired:
+                response = dashboard.login_redirect(request)
+            except _CsrfRefused:
+                response = dashboard.error_page(request, 403, "Request refused",
+                                                "The form was missing its security token or the token did not match. "
+                                                "Reload the page and try again.")
+            except StockadeError as exc:
+                response = dashboard.error_page(request, exc.status_code, "Something went wrong", exc.message, exc.hint)
+            except (RequestValidationError, HTTPException) as exc:
+                status = exc.status_code if isinstance(exc, HTTPException) else 422
+                response = dashboard.error_page(request, status, "Request not understood",
+                                                "The request was not understood.")
+            secure_headers(response)
+            return response
+
+        return handler
+
+
+def secure_headers(response: Response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
+    if not response.headers.get("cache-control"):
+        response.headers["Cache-Control"] = "no-store"
+
+
+def _see_other(request: Request, location: str) -> Response:
+    if request.headers.get("hx-request") == "true":
+        return Response(status_code=200, headers={"HX-Redirect": location})
+    return RedirectResponse(location, status_code=303)
+
+
+def _is_https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _fmt_date(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _parse_time(raw: str | None) -> datetime | None:
+    """A `datetime-local` value (or ISO 8601) as UTC; raises ValueError when malformed."""
+    if not raw:
+        return None
+    parsed = datetime.fromisoformat(raw.strip())
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+# -- verification results ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerifyCell:
+    status: str  # pass, fail, skip
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyMatrix:
+    generated_at: str | None
+    checks: list[str]
+    rows: list[tuple[str, list[VerifyCell | None]]]
+    problem: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c is None or c.status != "fail" for _, cells in self.rows for c in cells)
+
+
+def _verify_status(value: Any) -> VerifyCell:
+    detail = ""
+    if isinstance(value, dict):
+        detail = str(value.get("detail") or value.get("message") or "")
+        value = value.get("status", value.get("ok", value.get("passed")))
+    if value is True or (isinstance(value, str) and value.lower() in {"pass", "passed", "ok", "success"}):
+        return VerifyCell("pass", detail)
+    if value is False or (isinstance(value, str) and value.lower() in {"fail", "failed", "error"}):
+        return VerifyCell("fail", detail)
+    return VerifyCell("skip", detail or (str(value) if value is not None else ""))
+
+
+def read_verify_results(path: Path) -> VerifyMatrix | None:
+    """Read `verify/latest.json`. Accepted shapes (until `stockade verify` fixes one):
+
+    `{"generated_at": ..., "results": [{"server": s, "check": c, "status"|"ok": ..., "detail": ...}]}` or
+    `{"generated_at": ..., "servers": {s: {c: true | "pass" | {"status": ..., "detail": ...}}}}`.
+    """
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return VerifyMatrix(None, [], [], problem=f"{path.name} could not be read: {type(exc).__name__}")
+    if not isinstance(document, dict):
+        return VerifyMatrix(None, [], [], problem=f"{path.name} is not a JSON object")
+    cells: dict[str, dict[str, VerifyCell]] = {}
+    results = document.get("results")
+    if isinstance(results, list):
+        for item in results:
+            if isinstance(item, dict) and item.get("server") and item.get("check"):
+                cells.setdefault(str(item["server"]), {})[str(item["check"])] = _verify_status(item)
+    servers = document.get("servers")
+    if isinstance(servers, dict):
+        for server, checks in servers.items():
+            if isinstance(checks, dict):
+                for check, value in checks.items():
+                    cells.setdefault(str(server), {})[str(check)] = _verify_status(value)
+    check_names = sorted({c for row in cells.values() for c in row})
+    rows = [(server, [cells[server].get(c) for c in check_names]) for server in sorted(cells)]
+    generated = document.get("generated_at") or document.get("finished_at")
+    return VerifyMatrix(str(generated) if generated else None, check_names, rows)
+
+
+# -- charts ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    calls: int
+    errors: int
+    denied: int
+    avg_ms: float | None
+    p95_ms: float | None
+
+
+def bucket_audit(rows: list[tuple[datetime, float, str]], start: datetime, end: datetime, count: int) -> list[Bucket]:
+    width = (end - start) / count
+    grouped: list[list[tuple[float, str]]] = [[] for _ in range(count)]
+    for ts, latency, outcome in rows:
+        index = int((ts - start) / width)
+        if 0 <= index < count:
+            grouped[index].append((latency, outcome))
+    buckets = []
+    for i, items in enumerate(grouped):
+        latencies = sorted(lat for lat, _ in items)
+        p95 = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)] if latencies else None
+        buckets.append(Bucket(
+            start=start + i * width,
+            calls=len(items),
+            errors=sum(1 for _, o in items if o == "error"),
+            denied=sum(1 for _, o in items if o == "denied"),
+            avg_ms=(sum(latencies) / len(latencies)) if latencies else None,
+            p95_ms=p95,
+        ))
+    return buckets
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    exponent = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * exponent:
+            return step * exponent
+    return 10 * exponent
+
+
+def svg_chart(title: str, buckets: list[Bucket], series: list[tuple[str, str, Callable[[Bucket], float | None]]],
+              *, kind: str, unit: str, label_format: str) -> Markup:
+    """A small bar or line chart as inline SVG (styled by classes from app.css; no script)."""
+    width, height = 640, 200
+    left, right, top, bottom = 52, 12, 16, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [fn(b) for b in buckets for _, _, fn in series]
+    peak = _nice_max(max([v for v in values if v is not None] or [0]))
+    n = max(len(buckets), 1)
+    step = plot_w / n
+
+    def y(value: float) -> float:
+        return top + plot_h - (value / peak) * plot_h
+
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{_esc_id(title)}-t {_esc_id(title)}-d" '
+        f'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">',
+        f'<title id="{_esc_id(title)}-t">{_esc(title)}</title>',
+    ]
+    totals = ", ".join(
+        f"{name}: {_fmt_number(sum(v for b in buckets if (v := fn(b)) is not None) if kind == 'bar' else max([v for b in buckets if (v := fn(b)) is not None] or [0]))}"
+        for name, _, fn in series
+    )
+    summary = f"{'totals' if kind == 'bar' else 'peaks'} over the window — {totals} {unit}".strip()
+    parts.append(f'<desc id="{_esc_id(title)}-d">{_esc(summary)}</desc>')
+    for i in range(5):
+        value = peak * i / 4
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>')
+        parts.append(f'<text class="axis" x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{_fmt_number(value)}</text>')
+    label_every = max(1, n // 6)
+    for i, bucket in enumerate(buckets):
+        if i % label_every == 0:
+            parts.append(f'<text class="axis" x="{left + i * step + step / 2:.1f}" y="{height - 12}" text-anchor="middle">'
+                         f'{bucket.start.strftime(label_format)}</text>')
+    if kind == "bar":
+        bar_w = max(step / len(series) - 2, 1)
+        for s_index, (name, css, fn) in enumerate(series):
+            for i, bucket in enumerate(buckets):
+                value = fn(bucket) or 0
+                x = left + i * step + 1 + s_index * (bar_w + 1)
+                parts.append(f'<rect class="{css}" x="{x:.1f}" y="{y(value):.1f}" width="{bar_w:.1f}" '
+                             f'height="{top + plot_h - y(value):.1f}"><title>{_esc(name)} {bucket.start:%Y-%m-%d %H:%M}: '
+                             f'{_fmt_number(value)}</title></rect>')
+    else:
+        for name, css, fn in series:
+            points = [(left + i * step + step / 2, fn(b)) for i, b in enumerate(buckets)]
+            drawn = [(px, y(v)) for px, v in points if v is not None]
+            if drawn:
+                parts.append(f'<polyline class="{css}" fill="none" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in drawn)}"/>')
+            for (px, v), bucket in zip(points, buckets, strict=True):
+                if v is not None:
+                    parts.append(f'<circle class="{css}" cx="{px:.1f}" cy="{y(v):.1f}" r="3"><title>{_esc(name)} '
+                                 f'{bucket.start:%Y-%m-%d %H:%M}: {_fmt_number(v)} {unit}</title></circle>')
+    parts.append(f'<line class="axis-line" x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _esc(text: str) -> str:
+    return str(Markup.escape(text))
+
+
+def _esc_id(text: str) -> str:
+    return "chart-" + re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _fmt_number(value: float) -> str:
+    if value >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+class Dashboard:
+    def __init__(self, database: Database, deployments: Deployments, gateway: Gateway, *, data_dir: Path | None) -> None:
+        self.database = database
+        self.deployments = deployments
+        self.gateway = gateway
+        self._data_dir = data_dir
+        self.sessions = SessionStore()
+        self._login_key = secrets.token_bytes(32)
+        self._starting: set[str] = set()
+        self._starting_lock = threading.Lock()
+        self.templates = Environment(
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(["html", "svg"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters["time"] = _fmt_time
+        self.templates.filters["date"] = _fmt_date
+        self.static_versions = {
+            name: hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12] for name in STATIC_TYPES
+        }
+
+    # -- where things live --------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path | None:
+        if self._data_dir is None:
+            from stockade.config import load_settings
+
+            try:
+                self._data_dir = load_settings().data_dir
+            except StockadeError:
+                return None
+        return self._data_dir
+
+    # -- rendering -----------------------------------------------------------------------------------
+    def url(self, request: Request, name: str, **params: Any) -> str:
+        return request.scope.get("root_path", "") + str(request.app.url_path_for(name, **params))
+
+    def render(self, request: Request, template: str, web: WebSession | None = None, *, status: int = 200,
+               **context: Any) -> HTMLResponse:
+        flashes, once = [], {}
+        if web is not None:
+            flashes, web.flashes = web.flashes, []
+            once, web.once = web.once, {}
+
+        def url(name: str, **params: Any) -> str:
+            return self.url(request, name, **params)
+
+        def static(name: str) -> str:
+            return f"{url('ui_static', name=name)}?v={self.static_versions[name]}"
+
+        html = self.templates.get_template(template).render(
+            request=request, web=web, flashes=flashes, once=once, url=url, static=static,
+            csrf_field=CSRF_FIELD, csrf=web.csrf if web is not None else "", not_wired=NOT_WIRED, **context,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def error_page(self, request: Request, status: int, title: str, message: str, hint: str | None = None) -> Response:
+        web = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        return self.render(request, "error.html", web, status=status, title=title, message=message, hint=hint)
+
+    def login_redirect(self, request: Request) -> Response:
+        target = request.url.path
+        if request.url.query and request.method == "GET":
+            target += "?" + request.url.query
+        location = self.url(request, "ui_login")
+        if request.method == "GET" and request.headers.get("hx-request") != "true":
+            location += "?" + urlencode({"next": target})
+        response = _see_other(request, location)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_is_https(request))
+        return response
+
+    # -- authentication -------------------------------------------------------------------------------
+    def _still_valid(self, web: WebSession) -> bool:
+        """The token that opened the session must still be live and still an admin's."""
+        with self.database.session() as session:
+            row = session.execute(
+                select(Token.revoked_at, Token.expires_at, Member.name, Member.role)
+                .join(Member, Token.member_id == Member.id)
+                .where(Token.id == web.token_id)
+            ).first()
+        if row is None:
+            return False
+        revoked_at, expires_at, member, role = row
+        if revoked_at is not None or (expires_at is not None and expires_at <= utcnow()):
+            return False
+        return member == web.member and role == ADMIN_ROLE
+
+    async def require(self, request: Request) -> WebSession:
+        session_id = request.cookies.get(SESSION_COOKIE)
+        web = self.sessions.get(session_id)
+        if web is None:
+            raise _LoginRequired
+        if not await anyio.to_thread.run_sync(self._still_valid, web):
+            self.sessions.drop(session_id)
+            raise _LoginRequired
+        return web
+
+    async def require_post(self, request: Request) -> tuple[WebSession, FormData]:
+        """A signed-in session and its form, with the CSRF token checked (field or header)."""
+        web = await self.require(request)
+        form = await request.form(max_files=0, max_fields=200)
+        presented = _field(form, CSRF_FIELD) or request.headers.get(CSRF_HEADER, "")
+        if not presented or not hmac.compare_digest(presented.encode(), web.csrf.encode()):
+            raise _CsrfRefused
+        return web, form
+
+    def login_csrf(self, nonce: str) -> str:
+        return hmac.new(self._login_key, nonce.encode(), hashlib.sha256).hexdigest()
+
+    # -- deployments in the background ---------------------------------------------------------------
+    def start_in_background(self, slug: str) -> None:
+        with self._starting_lock:
+            if slug in self._starting:
+                return
+            self._starting.add(slug)
+
+        def run() -> None:
+            try:
+                self.deployments.start(slug)
+            except StockadeError as exc:
+                log.warning("deploying %s from the dashboard failed: %s", slug, exc.message)
+            except Exception:
+                log.exception("deploying %s from the dashboard failed", slug)
+            finally:
+                with self._starting_lock:
+                    self._starting.discard(slug)
+
+        threading.Thread(target=run, name=f"ui-deploy-{slug}", daemon=True).start()
+
+    def endpoint_of(self, slug: str) -> str:
+        return f"{self.gateway.public_url}/servers/{slug}/mcp"
+
+
+def _tool_status(pin: Any) -> str:
+    return "unapproved" if not pin.digest else "changed" if pin.changed_digest else "approved"
+
+
+def create_dashboard_router(database: Database, deployments: Deployments, gateway: Gateway, *,
+                            data_dir: Path | None = None) -> APIRouter:
+    """The dashboard's routes; mount with `app.include_router(..., prefix="/ui")`.
+
+    `data_dir` (for `verify/latest.json`) defaults to the configured `STOCKADE_DATA_DIR`.
+    """
+    ui = Dashboard(database, deployments, gateway, data_dir=data_dir)
+    router = APIRouter(route_class=_UIRoute, include_in_schema=False)
+
+    def route(path: str, *, name: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            fn.__dashboard__ = ui  # type: ignore[attr-defined]
+            router.add_api_route(path, fn, name=name, methods=methods, response_class=HTMLResponse)
+            return fn
+
+        return register
+
+    # -- static assets and the front door -------------------------------------------------------------
+    @route("/static/{name}", name="ui_static", methods=["GET"])
+    async def static(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            return Response("not found", status_code=404, media_type="text/plain")
+        body = await anyio.to_thread.run_sync((STATIC_DIR / name).read_bytes)
+        return Response(body, media_type=STATIC_TYPES[name], headers={"Cache-Control": "public, max-age=86400"})
+
+    @route("", name="ui_root", methods=["GET"])
+    async def root(request: Request) -> Response:
+        raise _Redirect(ui.url(request, "ui_catalog"))
+
+    @route("/", name="ui_home", methods=["GET"])
+    async def home(request: Request) -> Response:
+        raise _Redirect(ui.url(request, "ui_catalog"))
+
+    @route("/login", name="ui_login", methods=["GET"])
+    async def login_form(request: Request) -> Response:
+        if ui.sessions.get(request.cookies.get(SESSION_COOKIE)) is not None:
+            raise _Redirect(ui.url(request, "ui_catalog"))
+        return _login_page(request, status=200, error=None)
+
+    def _login_page(request: Request, *, status: int, error: str | None) -> Response:
+        nonce = secrets.token_urlsafe(24)
+        next_path = request.query_params.get("next", "")
+        response = ui.render(request, "login.html", status=status, error=error, login_csrf=ui.login_csrf(nonce),
+                             next_path=next_path if _safe_next(request, next_path) else "")
+        response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path="/", httponly=True, samesite="strict",
+                            secure=_is_https(request))
+        return response
+
+    def _safe_next(request: Request, target: str) -> bool:
+        prefix = ui.url(request, "ui_catalog").rsplit("/", 1)[0] + "/"
+        return bool(re.fullmatch(r"/[A-Za-z0-9/_.?=&%:+-]*", target)) and target.startswith(prefix) and "//" not in target
+
+    @route("/login", name="ui_login_post", methods=["POST"])
+    async def login(request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=10)
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        presented = _field(form, CSRF_FIELD)
+        if not nonce or not presented or not hmac.compare_digest(presented.encode(), ui.login_csrf(nonce).encode()):
+            raise _CsrfRefused
+        token = _field(form, "token")
+
+        def check() -> Any:
+            with database.session() as session:
+                return authenticate(session, token)
+
+        try:
+            principal = await anyio.to_thread.run_sync(check)
+        except AuthenticationError:
+            metrics.AUTH_FAILURES.inc()
+            return _login_page(request, status=401, error="That token was not accepted: it is unknown, revoked or expired.")
+        if not principal.is_admin:
+            return _login_page(request, status=403, error="That token is valid but not an admin's; the dashboard needs an admin token.")
+        old = request.cookies.get(SESSION_COOKIE)
+        ui.sessions.drop(old)
+        session_id, web = ui.sessions.create(principal.member, principal.token_id)
+        web.flash("ok", f"Signed in as {principal.member}.")
+        next_path = _field(form, "next")
+        target = next_path if _safe_next(request, next_path) else ui.url(request, "ui_catalog")
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_MAX_SECONDS, path="/", httponly=True,
+                            samesite="strict", secure=_is_https(request))
+        response.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, samesite="strict", secure=_is_https(request))
+        return response
+
+    @route("/logout", name="ui_logout", methods=["POST"])
+    async def logout(request: Request) -> Response:
+        await ui.require_post(request)
+        ui.sessions.drop(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse(ui.url(request, "ui_login"), status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_is_https(request))
+        return response
+
+    # -- catalog and deploy ----------------------------------------------------------------------------
+    def _pins_by_slug(views: list[DeploymentView]) -> dict[str, list[dict[str, Any]]]:
+        return {
+            d.slug: [{"tool": p.tool, "status": _tool_status(p), "approved_at": p.approved_at if p.digest else None,
+                      "changed_at": p.changed_at} for p in gateway.pins.listing(d.slug)]
+            for d in views
+        }
+
+    @route("/catalog", name="ui_catalog", methods=["GET"])
+    async def catalog(request: Request) -> Response:
+        web = await ui.require(request)
+        views = await anyio.to_thread.run_sync(deployments.list)
+        pins = await anyio.to_thread.run_sync(_pins_by_slug, views)
+        by_entry: dict[str, list[DeploymentView]] = {}
+        for d in views:
+            by_entry.setdefault(d.entry, []).append(d)
+        return ui.render(request, "catalog.html", web, page="catalog", entries=deployments.catalog.servers,
+                         by_entry=by_entry, pins=pins, open_network=NetworkProfile.open)
+
+    @route("/deploy", name="ui_deploy", methods=["GET"])
+    async def deploy_page(request: Request) -> Response:
+        web = await ui.require(request)
+        views = await anyio.to_thread.run_sync(deployments.list)
+        return ui.render(request, "deploy.html", web, page="deploy", entries=deployments.catalog.servers,
+                         taken={d.slug for d in views}, slug_pattern=SLUG_PATTERN.strip("^$"),
+                         open_network=NetworkProfile.open, single=None)
+
+    @route("/deploy/{entry_name}", name="ui_deploy_entry", methods=["GET"])
+    async def deploy_entry_page(request: Request, entry_name: str) -> Response:
+        """The deploy form as a page of its own (what the modal shows; used without JavaScript)."""
+        web = await ui.require(request)
+        entry = deployments.catalog.get(entry_name)
+        views = await anyio.to_thread.run_sync(deployments.list)
+        return ui.render(request, "deploy.html", web, page="deploy", entries=[entry], taken={d.slug for d in views},
+                         slug_pattern=SLUG_PATTERN.strip("^$"), open_network=NetworkProfile.open, single=entry)
+
+    @route("/deploy/{entry_name}", name="ui_deploy_post", methods=["POST"])
+    async def deploy(request: Request, entry_name: str) -> Response:
+        web, form = await ui.require_post(request)
+        entry: CatalogEntry = deployments.catalog.get(entry_name)
+        declared = [*entry.required_env, *entry.optional_env]
+        env = {v.name: value for v in declared if (value := _field_raw(form, f"env.{v.name}"))}
+        slug = _field(form, "slug") or None
+        del form
+        try:
+            created = await anyio.to_thread.run_sync(lambda: deployments.create(entry.name, slug=slug, env=env))
+        except (ValidationFailed, ConflictError) as exc:
+            web.flash("error", f"Not deployed: {exc.message}. Values you entered were discarded; enter them again.")
+            raise _Redirect(ui.url(request, "ui_deploy")) from None
+        finally:
+            env.clear()
+        ui.start_in_background(created.slug)
+        web.flash("ok", f"Deploying {created.slug}. Its status below updates as it progresses; "
+                        "the values you entered are stored sealed and are never shown again.")
+        raise _Redirect(ui.url(request, "ui_servers") + f"#server-{created.slug}")
+
+    def _field_raw(form: FormData, name: str) -> str:
+        value = form.get(name)
+        return value if isinstance(value, str) else ""
+
+    # -- servers ------------------------------------------------------------------------------------------
+    def _server_rows() -> list[dict[str, Any]]:
+        rows = []
+        for d in deployments.list():
+            try:
+                entry = deployments.catalog.get(d.entry)
+                secret_names = entry.secret_env_names
+            except StockadeError:
+                entry, secret_names = None, set()
+            rows.append({"view": d, "entry": entry, "endpoint": ui.endpoint_of(d.slug),
+                         "variables": sorted((name, name in secret_names, at) for name, at in d.variables.items()),
+                         "busy": d.status in {"pending", "deploying"}})
+        return rows
+
+    @route("/servers", name="ui_servers", methods=["GET"])
+    async def servers(request: Request) -> Response:
+        web = await ui.require(request)
+        rows = await anyio.to_thread.run_sync(_server_rows)
+        return ui.render(request, "servers.html", web, page="servers", rows=rows)
+
+    @route("/servers/{slug}/row", name="ui_server_row", methods=["GET"])
+    async def server_row(request: Request, slug: str) -> Response:
+        """One row of the servers table (polled by htmx while a deployment is in progress)."""
+        web = await ui.require(request)
+        rows = [r for r in await anyio.to_thread.run_sync(_server_rows) if r["view"].slug == slug]
+        if not rows:
+            return Response(status_code=200)
+        return ui.render(request, "server_row.html", web, row=rows[0])
+
+    @route("/servers/{slug}/remove", name="ui_server_remove", methods=["POST"])
+    async def remove_server(request: Request, slug: str) -> Response:
+        web, _ = await ui.require_post(request)
+        await anyio.to_thread.run_sync(deployments.remove, slug)
+        web.flash("ok", f"Removed {slug}: its containers, network and stored values are gone.")
+        raise _Redirect(ui.url(request, "ui_servers"))
+
+    @route("/servers/{slug}/approve", name="ui_server_approve", methods=["POST"])
+    async def approve_server_tools(request: Request, slug: str) -> Response:
+        web, _ = await ui.require_post(request)
+        approved = await anyio.to_thread.run_sync(lambda: deployments.approve_tools(slug, None))
+        from stockade.gateway.audit import AuditEvent
+
+        for tool in approved:
+            event = AuditEvent(member=web.member, token_id=web.token_id, server=slug, method="tools/approve", tool=tool,
+                               latency_ms=0.0, outcome="ok")
+            await anyio.to_thread.run_sync(gateway.audit.append, event)
+        web.flash("ok", f"Approved {len(approved)} tool definition(s) of {slug} as offered now.")
+        raise _Redirect(ui.url(request, "ui_catalog") + f"#pins-{slug}")
+
+    # -- members and tokens -------------------------------------------------------------------------------
+    def _members() -> dict[str, Any]:
+        now = utcnow()
+        with database.session() as session:
+            members = []
+            for m in session.scalars(select(Member).order_by(Member.name)):
+                tokens = []
+                for t in sorted(m.tokens, key=lambda t: t.created_at):
+                    state = ("revoked" if t.revoked_at is not None
+                             else "expired" if t.expires_at is not None and t.expires_at <= now else "active")
+                    tokens.append({"id": t.id, "name": t.name, "created_at": t.created_at, "expires_at": t.expires_at,
+                                   "revoked_at": t.revoked_at, "state": state})
+                members.append({"name": m.name, "role": m.role, "created_at": m.created_at, "tokens": tokens,
+                                "active": sum(1 for t in tokens if t["state"] == "active")})
+            roles = list(session.scalars(select(Role.name).order_by(Role.name)))
+        return {"members": members, "roles": roles}
+
+    @route("/members", name="ui_members", methods=["GET"])
+    async def members_page(request: Request) -> Response:
+        web = await ui.require(request)
+        data = await anyio.to_thread.run_sync(_members)
+        return ui.render(request, "members.html", web, page="members", ttls=list(TOKEN_TTLS), **data)
+
+    @route("/members", name="ui_members_create", methods=["POST"])
+    async def create_member_action(request: Request) -> Response:
+        web, form = await ui.require_post(request)
+        name, role = _field(form, "name"), _field(form, "role") or "member"
+        if not re.fullmatch(MEMBER_NAME_PATTERN, name):
+            web.flash("error", "A member name is 1–64 letters, digits or . _ @ -, starting with a letter or digit.")
+            raise _Redirect(ui.url(request, "ui_members"))
+
+        def run() -> None:
+            with database.session() as session:
+                create_member(session, name, role)
+
+        try:
+            await anyio.to_thread.run_sync(run)
+        except (ValidationFailed, ConflictError) as exc:
+            web.flash("error", exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        else:
+            web.flash("ok", f"Member {name} created with role {role}. Mint a token for them below.")
+        raise _Redirect(ui.url(request, "ui_members") + f"#member-{name}")
+
+    @route("/tokens", name="ui_tokens_mint", methods=["POST"])
+    async def mint_token_action(request: Request) -> Response:
+        web, form = await ui.require_post(request)
+        member_name, token_name, ttl_key = _field(form, "member"), _field(form, "name") or "default", _field(form, "ttl")
+        if ttl_key not in TOKEN_TTLS or not 1 <= len(token_name) <= 64:
+            web.flash("error", "Choose an expiry from the list and a token name of 1–64 characters.")
+            raise _Redirect(ui.url(request, "ui_members"))
+        days = TOKEN_TTLS[ttl_key]
+
+        def run() -> Any:
+            with database.session() as session:
+                return mint_token(session, get_member(session, member_name), name=token_name,
+                                  ttl=timedelta(days=days) if days else None)
+
+        minted = await anyio.to_thread.run_sync(run)
+        # Held for the very next page view only (post/redirect/get), then forgotten.
+        web.once["minted"] = {"id": minted.id, "member": minted.member, "name": minted.name,
+                              "expires_at": minted.expires_at, "secret": minted.secret}
+        raise _Redirect(ui.url(request, "ui_members") + "#minted")
+
+    @route("/tokens/{token_id}/revoke", name="ui_token_revoke", methods=["POST"])
+    async def revoke_token_action(request: Request, token_id: str) -> Response:
+        web, _ = await ui.require_post(request)
+
+        def run() -> str:
+            with database.session() as session:
+                return revoke_token(session, token_id).member.name
+
+        member = await anyio.to_thread.run_sync(run)
+        closed = await gateway.close_token(token_id)
+        web.flash("ok", f"Token {token_id} of {member} revoked; closed {closed.streams} stream(s) and "
+                        f"{closed.sessions} session(s) it held.")
+        raise _Redirect(ui.url(request, "ui_members") + f"#member-{member}")
+
+    @route("/members/{name}/offboard", name="ui_member_offboard", methods=["POST"])
+    async def offboard_action(request: Request, name: str) -> Response:
+        web, _ = await ui.require_post(request)
+
+        def run() -> list[str]:
+            with database.session() as session:
+                member = get_member(session, name)
+                return [revoke_token(session, t.id).id for t in member.tokens if t.revoked_at is None]
+
+        revoked = await anyio.to_thread.run_sync(run)
+        streams = sessions = 0
+        for token_id in revoked:
+            closed = await gateway.close_token(token_id)
+            streams, sessions = streams + closed.streams, sessions + closed.sessions
+        web.flash("ok", f"Offboarded {name}: {len(revoked)} token(s) revoked, {streams} stream(s) and "
+                        f"{sessions} session(s) closed. The member stays for the audit trail.")
+        raise _Redirect(ui.url(request, "ui_members") + f"#member-{name}")
+
+    # -- audit -----------------------------------------------------------------------------------------------
+    def _audit_filters(request: Request) -> tuple[dict[str, Any], list[str]]:
+        params = request.query_params
+        problems = []
+        filters: dict[str, Any] = {}
+        for key in ("member", "server", "tool"):
+            value = params.get(key, "").strip()
+            filters[key] = value[:255] or None
+        outcome = params.get("outcome", "").strip()
+        filters["outcome"] = outcome if outcome in {"ok", "error", "denied"} else None
+        for key in ("since", "until"):
+            try:
+                filters[key] = _parse_time(params.get(key))
+            except ValueError:
+                filters[key] = None
+                problems.append(f"'{key}' is not a date and time; it was ignored")
+        return filters, problems
+
+    def _chain_status() -> dict[str, Any]:
+        with database.session() as session:
+            problems = verify_database(session)
+            count = session.scalar(select(func.count()).select_from(AuditRecord)) or 0
+        return {"ok": not problems, "records": count, "problems": problems[:20], "more": max(0, len(problems) - 20)}
+
+    @route("/audit", name="ui_audit", methods=["GET"])
+    async def audit_page(request: Request) -> Response:
+        web = await ui.require(request)
+        filters, problems = _audit_filters(request)
+        try:
+            after_id = max(0, int(request.query_params.get("after_id", "0")))
+            limit = int(request.query_params.get("limit", "50"))
+        except ValueError:
+            after_id, limit = 0, 50
+        limit = limit if limit in AUDIT_PAGE_SIZES else 50
+        records = await anyio.to_thread.run_sync(
+            lambda: gateway.audit.query(**filters, limit=limit + 1, after_id=after_id))
+        has_more = len(records) > limit
+        records = records[:limit]
+        chain = await anyio.to_thread.run_sync(_chain_status)
+        query = {k: request.query_params.get(k, "") for k in ("member", "server", "tool", "outcome", "since", "until")}
+        query = {k: v for k, v in query.items() if v}
+        next_query = urlencode({**query, "limit": limit, "after_id": records[-1].id}) if has_more and records else None
+        first_query = urlencode({**query, "limit": limit}) if after_id else None
+        return ui.render(request, "audit.html", web, page="audit", records=records, form=query, limit=limit,
+                         sizes=AUDIT_PAGE_SIZES, next_query=next_query, first_query=first_query,
+                         export_query=urlencode(query), chain=chain, problems=problems, after_id=after_id)
+
+    @route("/audit/export.jsonl", name="ui_audit_export", methods=["GET"])
+    async def audit_export(request: Request) -> Response:
+        await ui.require(request)
+        filters, _ = _audit_filters(request)
+
+        def batches() -> Iterator[bytes]:
+            after_id = 0
+            while True:
+                records = gateway.audit.query(**filters, limit=EXPORT_BATCH, after_id=after_id)
+                if not records:
+                    return
+                yield "".join(json.dumps({
+                    "id": r.id, "ts": r.ts.isoformat(), "member": r.member, "token_id": r.token_id, "server": r.server,
+                    "method": r.method, "tool": r.tool, "latency_ms": r.latency_ms, "outcome": r.outcome,
+                    "error_code": r.error_code, "request_id": r.request_id, "prev_hash": r.prev_hash, "hash": r.hash,
+                }, separators=(",", ":")) + "\n" for r in records).encode()
+                after_id = records[-1].id
+
+        stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+        return StreamingResponse(batches(), media_type="application/jsonl",
+                                 headers={"Content-Disposition": f'attachment; filename="stockade-audit-{stamp}.jsonl"'})
+
+    # -- verification ------------------------------------------------------------------------------------------
+    def _chart_rows(start: datetime) -> list[tuple[datetime, float, str]]:
+        with database.session() as session:
+            return [tuple(r) for r in session.execute(  # type: ignore[misc]
+                select(AuditRecord.ts, AuditRecord.latency_ms, AuditRecord.outcome)
+                .where(AuditRecord.ts >= start).order_by(AuditRecord.id).limit(CHART_MAX_ROWS))]
+
+    @route("/verification", name="ui_verification", methods=["GET"])
+    async def verification(request: Request) -> Response:
+        web = await ui.require(request)
+        window = request.query_params.get("window", "24h")
+        window = window if window in CHART_WINDOWS else "24h"
+        span, count = CHART_WINDOWS[window]
+        end = utcnow()
+        start = end - span
+        rows = await anyio.to_thread.run_sync(_chart_rows, start)
+        buckets = bucket_audit(rows, start, end, count)
+        label = "%H:%M" if span <= timedelta(days=1) else "%m-%d"
+        charts = [
+            ("Calls", "Calls through the gateway per interval, by outcome.", svg_chart(
+                "Call volume", buckets, [("ok", "s-ok", lambda b: b.calls - b.errors - b.denied),
+                                         ("error", "s-error", lambda b: b.errors)],
+                kind="bar", unit="calls", label_format=label)),
+            ("Latency", "Average and 95th-percentile latency per interval, in milliseconds.", svg_chart(
+                "Latency", buckets, [("average", "s-avg", lambda b: b.avg_ms), ("p95", "s-p95", lambda b: b.p95_ms)],
+                kind="line", unit="ms", label_format=label)),
+            ("Denials", "Calls refused by policy or tool pinning per interval.", svg_chart(
+                "Denials", buckets, [("denied", "s-denied", lambda b: b.denied)], kind="bar", unit="denials",
+                label_format=label)),
+        ]
+        data_dir = ui.data_dir
+        path = data_dir / "verify" / "latest.json" if data_dir is not None else None
+        matrix = await anyio.to_thread.run_sync(read_verify_results, path) if path is not None else None
+        return ui.render(request, "verification.html", web, page="verification", matrix=matrix, charts=charts,
+                         window=window, windows=list(CHART_WINDOWS), total=len(rows), start=start, end=end,
+                         truncated=len(rows) >= CHART_MAX_ROWS, results_path=str(path) if path else "verify/latest.json")
+
+    return router
