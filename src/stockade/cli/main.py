@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stockade.cli import k8s
 from stockade.cli.client import ApiClient
 from stockade.cli.output import console, emit, errors
 from stockade.config import Settings, load_settings
@@ -21,6 +22,7 @@ app.add_typer(members_app, name="members")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(k8s.app, name="k8s", help="Render and apply Kubernetes manifests for catalog entries.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -56,6 +58,22 @@ def serve() -> None:
     from stockade.cli.run import run_platform
 
     run_platform(settings(), deploy=[], progress=progress)
+
+
+@app.command()
+def gateway() -> None:
+    """Serve only the gateway (stateless: several may share one PostgreSQL; needs no container engine)."""
+    from stockade.cli.run import run_platform
+
+    run_platform(settings(), deploy=[], progress=progress, control=False)
+
+
+@app.command()
+def control() -> None:
+    """Serve only the management API and supervise deployments (gateways run as separate processes)."""
+    from stockade.cli.run import run_platform
+
+    run_platform(settings(), deploy=[], progress=progress, gateway=False)
 
 
 @app.command("admin-token")

@@ -14,23 +14,33 @@ from stockade.control.platform import Platform, mint_admin_token
 from stockade.errors import StockadeError
 
 
-def run_platform(settings: Settings, *, deploy: list[str], progress: Callable[[str], None]) -> None:
-    platform = Platform(settings, progress=progress)
+def run_platform(
+    settings: Settings,
+    *,
+    deploy: list[str],
+    progress: Callable[[str], None],
+    gateway: bool = True,
+    control: bool = True,
+) -> None:
+    platform = Platform(settings, control=control, progress=progress)
     for name in deploy:
         platform.catalog.get(name)  # unknown names fail before anything starts
 
     def prepare() -> list[str]:
+        deployments = platform.deployments
+        if deployments is None:
+            return []
         for name in deploy:
-            built = platform.orchestrator.ensure_image(platform.catalog.get(name))
+            built = deployments.orchestrator.ensure_image(platform.catalog.get(name))
             progress(f"image for {name}: {built.tag} ({'built' if built.built else 'up to date, nothing rebuilt'})")
-        actions = platform.deployments.reconcile()
-        existing = {d.slug for d in platform.deployments.list()}
+        actions = deployments.reconcile()
+        existing = {d.slug for d in deployments.list()}
         for name in deploy:
             if name in existing:
                 continue
-            platform.deployments.create(name, slug=name, env={})
+            deployments.create(name, slug=name, env={})
             progress(f"deploying {name}…")
-            platform.deployments.start(name)
+            deployments.start(name)
         return actions
 
     async def on_started() -> None:
@@ -39,20 +49,21 @@ def run_platform(settings: Settings, *, deploy: list[str], progress: Callable[[s
                 progress(action)
         except StockadeError as exc:
             console.print(f"[bold red]error:[/bold red] {exc}")
-        minted = mint_admin_token(platform.database, name=f"up-{datetime.now():%Y%m%d-%H%M%S}")
-        lines = [
-            f"Gateway:        {settings.gateway_url}",
-            f"Management API: {settings.control_url}/api/v1 (OpenAPI: {settings.control_url}/api/openapi.json)",
-            "",
-            "MCP endpoints (Streamable HTTP, header 'Authorization: Bearer <token>'):",
-        ]
-        for d in platform.deployments.list():
-            lines.append(f"  {d.slug:<12} {settings.gateway_url}/servers/{d.slug}/mcp   [{d.status}]")
-        lines += ["", f"Admin token (shown once, expires {minted.expires_at:%Y-%m-%d}):", f"  {minted.secret}",
-                  "", "export STOCKADE_TOKEN=<admin token> to use the CLI; Ctrl-C stops the platform."]
+        lines = []
+        if gateway:
+            lines.append(f"Gateway:        {settings.gateway_url} (all your tools: {settings.gateway_url}/mcp)")
+        if platform.deployments is not None:
+            lines.append(f"Management API: {settings.control_url}/api/v1 (OpenAPI: {settings.control_url}/api/openapi.json)")
+            lines += ["", "MCP endpoints (Streamable HTTP, header 'Authorization: Bearer <token>'):"]
+            for d in platform.deployments.list():
+                lines.append(f"  {d.slug:<12} {settings.gateway_url}/servers/{d.slug}/mcp   [{d.status}]")
+            minted = mint_admin_token(platform.database, name=f"up-{datetime.now():%Y%m%d-%H%M%S}")
+            lines += ["", f"Admin token (shown once, expires {minted.expires_at:%Y-%m-%d}):", f"  {minted.secret}",
+                      "", "export STOCKADE_TOKEN=<admin token> to use the CLI."]
+        lines.append("Ctrl-C stops this process; server containers keep running and are adopted on the next start.")
         console.print(Panel("\n".join(lines), title="Stockade is up", expand=False), highlight=False)
 
     try:
-        anyio.run(lambda: platform.serve(on_started=on_started))
+        anyio.run(lambda: platform.serve(gateway=gateway, on_started=on_started))
     finally:
         platform.close()

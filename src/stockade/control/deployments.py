@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import anyio
 import httpx2
 from sqlalchemy import select
 
 from stockade import metrics
-from stockade.catalog import SLUG_PATTERN, Catalog, CatalogEntry
+from stockade.catalog import SLUG_PATTERN, CatalogEntry
 from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
+from stockade.control.directory import DeploymentDirectory, seal_context
 from stockade.gateway.pins import ToolPins
 from stockade.logs import REDACTOR
-from stockade.gateway.upstream import Upstream
 from stockade.secrets import Sealer
 from stockade.store.database import Database
 from stockade.store.models import Deployment, DeploymentVariable, utcnow
@@ -74,10 +73,6 @@ def describe_exit(state: InstanceStatus) -> str:
     return f"not running ({state.state})" + (f": {state.error}" if state.error else "")
 
 
-def _context(deployment_id: str, name: str) -> str:
-    return f"deployment:{deployment_id}:{name}"
-
-
 def check_variables(entry: CatalogEntry, env: Mapping[str, str]) -> None:
     declared = {v.name for v in [*entry.required_env, *entry.optional_env]}
     missing = sorted(v.name for v in entry.required_env if not env.get(v.name))
@@ -93,39 +88,19 @@ def check_variables(entry: CatalogEntry, env: Mapping[str, str]) -> None:
 
 class Deployments:
     def __init__(
-        self, database: Database, sealer: Sealer, catalog: Catalog, orchestrator: Orchestrator, pins: ToolPins
+        self,
+        database: Database,
+        sealer: Sealer,
+        directory: DeploymentDirectory,
+        orchestrator: Orchestrator,
+        pins: ToolPins,
     ) -> None:
         self._db = database
         self._pins = pins
         self._sealer = sealer
-        self.catalog = catalog
-        self._orchestrator = orchestrator
-        self._upstreams: dict[str, Upstream] = {}
-
-    # -- the gateway's directory -------------------------------------------------------------
-    async def resolve(self, slug: str) -> Upstream | None:
-        cached = self._upstreams.get(slug)
-        if cached is not None:
-            return cached
-        return await anyio.to_thread.run_sync(self._load_upstream, slug)
-
-    async def running(self) -> list[Upstream]:
-        slugs = [d.slug for d in await anyio.to_thread.run_sync(self.list) if d.status == "running"]
-        return [upstream for slug in slugs if (upstream := await self.resolve(slug)) is not None]
-
-    def _load_upstream(self, slug: str) -> Upstream | None:
-        with self._db.session() as session:
-            row = session.scalar(select(Deployment).where(Deployment.slug == slug))
-            if row is None or row.status != "running" or row.endpoint is None:
-                return None
-            upstream = self._upstream_of(row)
-        self._upstreams[slug] = upstream
-        return upstream
-
-    def _upstream_of(self, row: Deployment) -> Upstream:
-        token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
-        allowlist = tuple(self.catalog.get(row.entry).tools)
-        return Upstream(slug=row.slug, endpoint=row.endpoint or "", token=token, tool_allowlist=allowlist)
+        self._directory = directory
+        self.catalog = directory.catalog
+        self.orchestrator = orchestrator
 
     # -- tool approval -------------------------------------------------------------------------
     def current_tools(self, slug: str) -> list[dict[str, object]]:
@@ -134,7 +109,7 @@ class Deployments:
             row = self._row(session, slug)
             if row.status != "running":
                 raise ConflictError(f"{slug!r} is not running (status {row.status})")
-            upstream = self._upstream_of(row)
+            upstream = self._directory.upstream_of(row)
         try:
             response = httpx2.get(f"{upstream.endpoint}/tools", headers={"authorization": f"Bearer {upstream.token}"}, timeout=30)
             response.raise_for_status()
@@ -179,13 +154,13 @@ class Deployments:
                 slug=slug,
                 entry=entry.name,
                 status="pending",
-                bridge_token=self._sealer.seal(secrets.token_urlsafe(32).encode(), context=_context(deployment_id, "bridge-token")),
+                bridge_token=self._sealer.seal(secrets.token_urlsafe(32).encode(), context=seal_context(deployment_id, "bridge-token")),
             )
             row.variables = [
                 DeploymentVariable(
                     name=name,
                     secret=int(name in secret_names),
-                    sealed_value=self._sealer.seal(value.encode(), context=_context(deployment_id, name)),
+                    sealed_value=self._sealer.seal(value.encode(), context=seal_context(deployment_id, name)),
                 )
                 for name, value in env.items()
             ]
@@ -198,15 +173,15 @@ class Deployments:
         with self._db.session() as session:
             row = self._row(session, slug)
             entry = self.catalog.get(row.entry)
-            env = {v.name: self._sealer.open(v.sealed_value, context=_context(row.id, v.name)).decode() for v in row.variables}
-            token = self._sealer.open(row.bridge_token, context=_context(row.id, "bridge-token")).decode()
+            env = {v.name: self._sealer.open(v.sealed_value, context=seal_context(row.id, v.name)).decode() for v in row.variables}
+            token = self._sealer.open(row.bridge_token, context=seal_context(row.id, "bridge-token")).decode()
             for value in [token, *(env[v.name] for v in row.variables if v.secret)]:
                 REDACTOR.register(value)
             deployment_id = row.id
             row.status, row.desired_state, row.error = "deploying", "running", None
-        self._upstreams.pop(slug, None)
+        self._directory.forget(slug)
         try:
-            instance = self._orchestrator.deploy(
+            instance = self.orchestrator.deploy(
                 entry, slug=slug, deployment_id=deployment_id, env=env, bridge_token=token
             )
         except StockadeError as exc:
@@ -237,20 +212,20 @@ class Deployments:
             if status == "restarting":
                 dead.append((slug, None))
             elif status == "running":
-                state = self._orchestrator.status(slug)
+                state = self.orchestrator.status(slug)
                 if not state.running:
                     dead.append((slug, describe_exit(state)))
         return dead
 
     def record_exit(self, slug: str, reason: str) -> None:
-        self._upstreams.pop(slug, None)
+        self._directory.forget(slug)
         with self._db.session() as session:
             row = self._row(session, slug)
             row.status, row.restarts, row.last_exit = "restarting", row.restarts + 1, reason
         metrics.RESTARTS.labels(slug).set(self.get(slug).restarts)
 
     def mark_crash_loop(self, slug: str, reason: str, deaths: int, window: float) -> None:
-        self._upstreams.pop(slug, None)
+        self._directory.forget(slug)
         with self._db.session() as session:
             row = self._row(session, slug)
             row.status, row.last_exit = "crash-loop", reason
@@ -267,16 +242,16 @@ class Deployments:
         with self._db.session() as session:
             row = self._row(session, slug)
             row.desired_state, row.status, row.endpoint, row.container_id = "stopped", "stopped", None, None
-        self._upstreams.pop(slug, None)
-        self._orchestrator.remove(slug)
+        self._directory.forget(slug)
+        self.orchestrator.remove(slug)
         return self.get(slug)
 
     def remove(self, slug: str) -> None:
         """Remove the containers, network and stored values of a deployment."""
         with self._db.session() as session:
             self._row(session, slug).desired_state = "removed"
-        self._upstreams.pop(slug, None)
-        self._orchestrator.remove(slug)
+        self._directory.forget(slug)
+        self.orchestrator.remove(slug)
         self._pins.drop(slug)
         with self._db.session() as session:
             session.delete(self._row(session, slug))
@@ -284,12 +259,12 @@ class Deployments:
     def reconcile(self) -> list[str]:
         """Make actual state match desired state after a restart; returns what was done."""
         actions: list[str] = []
-        running = {instance.slug: instance for instance in self._orchestrator.instances()}
+        running = {instance.slug: instance for instance in self.orchestrator.instances()}
         with self._db.session() as session:
             rows = {row.slug: (row.desired_state, row.status, row.container_id) for row in session.scalars(select(Deployment))}
         for slug, instance in running.items():
             if slug not in rows or rows[slug][0] == "removed":
-                self._orchestrator.remove(slug)
+                self.orchestrator.remove(slug)
                 actions.append(f"removed orphaned container of {slug}")
         for slug, (desired, _status, container_id) in rows.items():
             if desired == "removed":
@@ -306,7 +281,7 @@ class Deployments:
                 actions.append(f"adopted running container of {slug}")
                 continue
             if instance is not None:
-                self._orchestrator.remove(slug)  # a half-finished deploy: replace, never guess
+                self.orchestrator.remove(slug)  # a half-finished deploy: replace, never guess
             try:
                 self.start(slug)
                 actions.append(f"restarted {slug}")

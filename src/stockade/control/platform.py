@@ -16,6 +16,7 @@ from stockade.catalog import Catalog
 from stockade.config import Settings
 from stockade.control.api import create_control_app
 from stockade.control.deployments import Deployments
+from stockade.control.directory import DeploymentDirectory
 from stockade.control.supervisor import Supervisor
 from stockade.gateway.app import Gateway, create_gateway_app
 from stockade.gateway.identity import MintedToken, create_member, mint_token
@@ -71,29 +72,42 @@ class _Server(uvicorn.Server):
 
 
 class Platform:
-    def __init__(self, settings: Settings, *, progress: Callable[[str], None] | None = None) -> None:
+    """One Stockade process: the gateway, the control plane, or both (the embedded default).
+
+    A gateway-only process needs no container engine: it finds servers through the database.
+    """
+
+    def __init__(
+        self, settings: Settings, *, control: bool = True, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = configure_logging(settings.data_dir / "logs", settings.log_level)
         self.database = open_database(settings)
         self.sealer = open_sealer(settings, self.database)
         self.catalog = Catalog.load(settings.catalog_file)
-        self.orchestrator = Orchestrator(settings, progress=progress)
+        self.directory = DeploymentDirectory(self.database, self.sealer, self.catalog)
         pins = ToolPins(self.database)
-        self.deployments = Deployments(self.database, self.sealer, self.catalog, self.orchestrator, pins)
         oidc = OidcConfig.load({"audience": settings.gateway_url, **settings.oidc}) if settings.oidc else None
-        self.gateway = Gateway(self.database, self.deployments, public_url=settings.gateway_url, oidc=oidc, pins=pins,
+        self.gateway = Gateway(self.database, self.directory, public_url=settings.gateway_url, oidc=oidc, pins=pins,
                                rate_per_minute=settings.rate_limit_per_minute, rate_burst=settings.rate_limit_burst)
+        self.deployments: Deployments | None = None
+        if control:
+            orchestrator = Orchestrator(settings, progress=progress)
+            self.deployments = Deployments(self.database, self.sealer, self.directory, orchestrator, pins)
 
-    async def serve(self, *, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Serve the gateway and the management API until SIGINT/SIGTERM."""
-        level = self.settings.log_level.lower()
-        servers = [
-            _Server(uvicorn.Config(create_gateway_app(self.gateway), host=self.settings.gateway_host,
-                                   port=self.settings.gateway_port, log_level=level, access_log=False, log_config=None)),
-            _Server(uvicorn.Config(create_control_app(self.database, self.deployments, self.gateway),
-                                   host=self.settings.control_host, port=self.settings.control_port,
-                                   log_level=level, access_log=False, log_config=None)),
-        ]
+    def _server(self, app: object, host: str, port: int) -> _Server:
+        config = uvicorn.Config(app, host=host, port=port, log_level=self.settings.log_level.lower(),
+                                access_log=False, log_config=None)
+        return _Server(config)
+
+    async def serve(self, *, gateway: bool = True, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Serve the gateway and/or the management API until SIGINT/SIGTERM."""
+        servers = []
+        if gateway:
+            servers.append(self._server(create_gateway_app(self.gateway), self.settings.gateway_host, self.settings.gateway_port))
+        if self.deployments is not None:
+            control_app = create_control_app(self.database, self.deployments, self.gateway)
+            servers.append(self._server(control_app, self.settings.control_host, self.settings.control_port))
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -113,8 +127,9 @@ class Platform:
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(stop_on_signal)
-            tasks.start_soon(Supervisor(self.deployments).run)
             tasks.start_soon(announce)
+            if self.deployments is not None:
+                tasks.start_soon(Supervisor(self.deployments).run)
             async with anyio.create_task_group() as serving:
                 for server in servers:
                     serving.start_soon(server.serve)

@@ -121,20 +121,25 @@ def default_deployment_id(namespace: str, slug: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"stockade:k8s:{namespace}:{slug}"))
 
 
-def image_for(entry: CatalogEntry, image_prefix: str) -> str:
+def image_for(entry: CatalogEntry, image_prefix: str, *, tag: str | None = None) -> str:
     """The image reference for `entry` in a registry under `image_prefix`.
 
-    Built entries are tagged `<prefix>/<entry name>:<pinned package version>`; an entry naming an
-    image of its own keeps that name (re-homed under the prefix when one is given). A catalog
-    digest pins it (`@sha256:...`). Push or load images under exactly these names.
+    Built entries are `<prefix>/server-<entry name>:<tag>`, the repository name the local image
+    builder uses (`stockade/server-<entry>`, so prefix `stockade` names the local image itself).
+    The builder tags by build hash; without `tag`, the pinned package version is used — retag what
+    you push accordingly. An entry naming an image of its own keeps that name (re-homed under the
+    prefix when one is given). A catalog digest pins it (`@sha256:...`).
     """
     prefix = image_prefix.rstrip("/")
     if entry.image is not None:
         base = entry.image if not prefix else f"{prefix}/{entry.image.rsplit('/', 1)[-1]}"
+        if tag is not None:
+            base = f"{base.rsplit(':', 1)[0] if ':' in base.rsplit('/', 1)[-1] else base}:{tag}"
     else:
         assert entry.build is not None
-        version = re.sub(r"[^A-Za-z0-9_.-]", "-", entry.build.version)[:128]
-        base = f"{prefix}/{entry.name}:{version}" if prefix else f"{entry.name}:{version}"
+        version = tag or re.sub(r"[^A-Za-z0-9_.-]", "-", entry.build.version)[:128]
+        repository = f"server-{entry.name}"
+        base = f"{prefix}/{repository}:{version}" if prefix else f"{repository}:{version}"
     return f"{base}@{entry.image_digest}" if entry.image_digest else base
 
 
