@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
@@ -35,6 +35,7 @@ from stockade.gateway.identity import (
     role_rules,
 )
 from stockade.store.database import Database
+from stockade.web import create_dashboard_router
 from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
 
 
@@ -423,4 +424,10 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api)
+    app.include_router(create_dashboard_router(database, deployments, gateway), prefix="/ui")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
     return app

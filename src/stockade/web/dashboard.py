@@ -52,7 +52,15 @@ from stockade.control.deployments import Deployments, DeploymentView
 from stockade.errors import AuthenticationError, ConflictError, StockadeError, ValidationFailed
 from stockade.gateway.app import Gateway
 from stockade.gateway.audit import verify_database
-from stockade.gateway.identity import ADMIN_ROLE, authenticate, create_member, get_member, mint_token, revoke_token
+from stockade.gateway.identity import (
+    ADMIN_ROLE,
+    authenticate,
+    create_member,
+    get_member,
+    mint_token,
+    revoke_token,
+)
+from stockade.logs import REDACTOR
 from stockade.store.database import Database
 from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
 
@@ -93,6 +101,7 @@ AUDIT_PAGE_SIZES = (25, 50, 100, 250)
 EXPORT_BATCH = 1000
 CHART_WINDOWS = {"1h": (timedelta(hours=1), 12), "24h": (timedelta(hours=24), 24), "7d": (timedelta(days=7), 28)}
 CHART_MAX_ROWS = 200_000
+BUSY_STATES = {"pending", "deploying", "restarting"}
 NOT_WIRED = "Not available yet: the platform service for this action is still being built."
 
 
@@ -323,7 +332,7 @@ def bucket_audit(rows: list[tuple[datetime, float, str]], start: datetime, end: 
     width = (end - start) / count
     grouped: list[list[tuple[float, str]]] = [[] for _ in range(count)]
     for ts, latency, outcome in rows:
-        index = int((ts - start) / width)
+        index = math.floor((ts - start) / width)
         if 0 <= index < count:
             grouped[index].append((latency, outcome))
     buckets = []
@@ -354,8 +363,8 @@ def _nice_max(value: float) -> float:
 def svg_chart(title: str, buckets: list[Bucket], series: list[tuple[str, str, Callable[[Bucket], float | None]]],
               *, kind: str, unit: str, label_format: str) -> Markup:
     """A small bar or line chart as inline SVG (styled by classes from app.css; no script)."""
-    width, height = 640, 200
-    left, right, top, bottom = 52, 12, 16, 34
+    width, height = 960, 220
+    left, right, top, bottom = 56, 12, 16, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [fn(b) for b in buckets for _, _, fn in series]
     peak = _nice_max(max([v for v in values if v is not None] or [0]))
@@ -365,17 +374,20 @@ def svg_chart(title: str, buckets: list[Bucket], series: list[tuple[str, str, Ca
     def y(value: float) -> float:
         return top + plot_h - (value / peak) * plot_h
 
+    chart_id = _esc_id(title)
     parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{_esc_id(title)}-t {_esc_id(title)}-d" '
-        f'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">',
-        f'<title id="{_esc_id(title)}-t">{_esc(title)}</title>',
+        (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{chart_id}-t {chart_id}-d" '
+         'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">'),
+        f'<title id="{chart_id}-t">{_esc(title)}</title>',
     ]
-    totals = ", ".join(
-        f"{name}: {_fmt_number(sum(v for b in buckets if (v := fn(b)) is not None) if kind == 'bar' else max([v for b in buckets if (v := fn(b)) is not None] or [0]))}"
-        for name, _, fn in series
-    )
+
+    def overall(fn: Callable[[Bucket], float | None]) -> float:
+        present = [v for b in buckets if (v := fn(b)) is not None]
+        return (sum(present) if kind == "bar" else max(present, default=0)) if present else 0
+
+    totals = ", ".join(f"{name}: {_fmt_number(overall(fn))}" for name, _, fn in series)
     summary = f"{'totals' if kind == 'bar' else 'peaks'} over the window — {totals} {unit}".strip()
-    parts.append(f'<desc id="{_esc_id(title)}-d">{_esc(summary)}</desc>')
+    parts.append(f'<desc id="{chart_id}-d">{_esc(summary)}</desc>')
     for i in range(5):
         value = peak * i / 4
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>')
@@ -420,7 +432,7 @@ def _esc_id(text: str) -> str:
 def _fmt_number(value: float) -> str:
     if value >= 100 or float(value).is_integer():
         return f"{value:,.0f}"
-    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 # -- the dashboard ---------------------------------------------------------------------------------
@@ -442,6 +454,8 @@ class Dashboard:
         )
         self.templates.filters["time"] = _fmt_time
         self.templates.filters["date"] = _fmt_date
+        # Errors and flashes can quote what a server printed: registered secret values never reach a page.
+        self.templates.filters["redact"] = lambda text: REDACTOR.redact(str(text)) if text is not None else ""
         self.static_versions = {
             name: hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12] for name in STATIC_TYPES
         }
@@ -459,8 +473,8 @@ class Dashboard:
         return self._data_dir
 
     # -- rendering -----------------------------------------------------------------------------------
-    def url(self, request: Request, name: str, **params: Any) -> str:
-        return request.scope.get("root_path", "") + str(request.app.url_path_for(name, **params))
+    def url(self, request: Request, route_name: str, /, **params: Any) -> str:
+        return request.scope.get("root_path", "") + str(request.app.url_path_for(route_name, **params))
 
     def render(self, request: Request, template: str, web: WebSession | None = None, *, status: int = 200,
                **context: Any) -> HTMLResponse:
@@ -469,8 +483,8 @@ class Dashboard:
             flashes, web.flashes = web.flashes, []
             once, web.once = web.once, {}
 
-        def url(name: str, **params: Any) -> str:
-            return self.url(request, name, **params)
+        def url(route_name: str, /, **params: Any) -> str:
+            return self.url(request, route_name, **params)
 
         def static(name: str) -> str:
             return f"{url('ui_static', name=name)}?v={self.static_versions[name]}"
@@ -485,6 +499,9 @@ class Dashboard:
         web = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         return self.render(request, "error.html", web, status=status, title=title, message=message, hint=hint)
 
+    def cookie_path(self, request: Request) -> str:
+        return self.url(request, "ui_home").rstrip("/") or "/"
+
     def login_redirect(self, request: Request) -> Response:
         target = request.url.path
         if request.url.query and request.method == "GET":
@@ -493,7 +510,8 @@ class Dashboard:
         if request.method == "GET" and request.headers.get("hx-request") != "true":
             location += "?" + urlencode({"next": target})
         response = _see_other(request, location)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_is_https(request))
+        response.delete_cookie(SESSION_COOKIE, path=self.cookie_path(request), httponly=True, samesite="strict",
+                               secure=_is_https(request))
         return response
 
     # -- authentication -------------------------------------------------------------------------------
@@ -501,16 +519,18 @@ class Dashboard:
         """The token that opened the session must still be live and still an admin's."""
         with self.database.session() as session:
             row = session.execute(
-                select(Token.revoked_at, Token.expires_at, Member.name, Member.role)
+                select(Token.revoked_at, Token.expires_at, Member)
                 .join(Member, Token.member_id == Member.id)
                 .where(Token.id == web.token_id)
             ).first()
-        if row is None:
-            return False
-        revoked_at, expires_at, member, role = row
-        if revoked_at is not None or (expires_at is not None and expires_at <= utcnow()):
-            return False
-        return member == web.member and role == ADMIN_ROLE
+            if row is None:
+                return False
+            revoked_at, expires_at, member = row
+            if revoked_at is not None or (expires_at is not None and expires_at <= utcnow()):
+                return False
+            if getattr(member, "offboarded_at", None) is not None:
+                return False
+            return member.name == web.member and member.role == ADMIN_ROLE
 
     async def require(self, request: Request) -> WebSession:
         session_id = request.cookies.get(SESSION_COOKIE)
@@ -553,6 +573,11 @@ class Dashboard:
                     self._starting.discard(slug)
 
         threading.Thread(target=run, name=f"ui-deploy-{slug}", daemon=True).start()
+
+    @property
+    def starting(self) -> set[str]:
+        with self._starting_lock:
+            return set(self._starting)
 
     def endpoint_of(self, slug: str) -> str:
         return f"{self.gateway.public_url}/servers/{slug}/mcp"
@@ -606,7 +631,7 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         next_path = request.query_params.get("next", "")
         response = ui.render(request, "login.html", status=status, error=error, login_csrf=ui.login_csrf(nonce),
                              next_path=next_path if _safe_next(request, next_path) else "")
-        response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path="/", httponly=True, samesite="strict",
+        response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path=ui.cookie_path(request), httponly=True, samesite="strict",
                             secure=_is_https(request))
         return response
 
@@ -641,9 +666,9 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         next_path = _field(form, "next")
         target = next_path if _safe_next(request, next_path) else ui.url(request, "ui_catalog")
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_MAX_SECONDS, path="/", httponly=True,
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_MAX_SECONDS, path=ui.cookie_path(request), httponly=True,
                             samesite="strict", secure=_is_https(request))
-        response.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, samesite="strict", secure=_is_https(request))
+        response.delete_cookie(LOGIN_COOKIE, path=ui.cookie_path(request), httponly=True, samesite="strict", secure=_is_https(request))
         return response
 
     @route("/logout", name="ui_logout", methods=["POST"])
@@ -651,7 +676,7 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         await ui.require_post(request)
         ui.sessions.drop(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse(ui.url(request, "ui_login"), status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_is_https(request))
+        response.delete_cookie(SESSION_COOKIE, path=ui.cookie_path(request), httponly=True, samesite="strict", secure=_is_https(request))
         return response
 
     # -- catalog and deploy ----------------------------------------------------------------------------
@@ -725,7 +750,9 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
                 entry, secret_names = None, set()
             rows.append({"view": d, "entry": entry, "endpoint": ui.endpoint_of(d.slug),
                          "variables": sorted((name, name in secret_names, at) for name, at in d.variables.items()),
-                         "busy": d.status in {"pending", "deploying"}})
+                         "busy": d.status in BUSY_STATES or d.slug in ui.starting,
+                         "restarts": getattr(d, "restarts", 0), "last_exit": getattr(d, "last_exit", None),
+                         "can_stop": hasattr(deployments, "stop") and d.desired_state == "running"})
         return rows
 
     @route("/servers", name="ui_servers", methods=["GET"])
@@ -749,6 +776,22 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         await anyio.to_thread.run_sync(deployments.remove, slug)
         web.flash("ok", f"Removed {slug}: its containers, network and stored values are gone.")
         raise _Redirect(ui.url(request, "ui_servers"))
+
+    @route("/servers/{slug}/stop", name="ui_server_stop", methods=["POST"])
+    async def stop_server(request: Request, slug: str) -> Response:
+        web, _ = await ui.require_post(request)
+        await anyio.to_thread.run_sync(deployments.stop, slug)
+        web.flash("ok", f"Stopped {slug}: its container is gone; its stored values stay for a restart.")
+        raise _Redirect(ui.url(request, "ui_servers") + f"#server-{slug}")
+
+    @route("/servers/{slug}/restart", name="ui_server_restart", methods=["POST"])
+    async def restart_server(request: Request, slug: str) -> Response:
+        """Start a stopped server, or replace a running one with a fresh container (in the background)."""
+        web, _ = await ui.require_post(request)
+        await anyio.to_thread.run_sync(deployments.get, slug)
+        ui.start_in_background(slug)
+        web.flash("ok", f"Restarting {slug}; its status below updates as it progresses.")
+        raise _Redirect(ui.url(request, "ui_servers") + f"#server-{slug}")
 
     @route("/servers/{slug}/approve", name="ui_server_approve", methods=["POST"])
     async def approve_server_tools(request: Request, slug: str) -> Response:
@@ -776,6 +819,7 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
                     tokens.append({"id": t.id, "name": t.name, "created_at": t.created_at, "expires_at": t.expires_at,
                                    "revoked_at": t.revoked_at, "state": state})
                 members.append({"name": m.name, "role": m.role, "created_at": m.created_at, "tokens": tokens,
+                                "offboarded_at": getattr(m, "offboarded_at", None),
                                 "active": sum(1 for t in tokens if t["state"] == "active")})
             roles = list(session.scalars(select(Role.name).order_by(Role.name)))
         return {"members": members, "roles": roles}
@@ -847,6 +891,8 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         def run() -> list[str]:
             with database.session() as session:
                 member = get_member(session, name)
+                if hasattr(member, "offboarded_at"):
+                    member.offboarded_at = utcnow()
                 return [revoke_token(session, t.id).id for t in member.tokens if t.revoked_at is None]
 
         revoked = await anyio.to_thread.run_sync(run)
