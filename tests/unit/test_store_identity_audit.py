@@ -1,7 +1,6 @@
 """Tokens and the audit chain against a real SQLite database (migrated with Alembic)."""
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text

@@ -1,17 +1,11 @@
 """Fixtures of the dashboard tests: a real platform process, Debian's Chromium driven by Playwright.
 
-By default the platform is the real `stockade serve` (the dashboard must be mounted at /ui by
-`create_control_app`). `STOCKADE_WEB_HARNESS=1` serves the same platform through
-`tests.web.harness` instead, which mounts the router itself: for running these tests before that
-line is merged. Only loopback traffic; nothing here skips.
+The platform is the real `stockade serve`, which serves the dashboard at /ui. Only loopback
+traffic; nothing here skips.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +23,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.conftest import REPO, RunningPlatform, _wait_healthy, free_port, start_platform, stop_platform
+from tests.conftest import REPO, RunningPlatform, start_platform, stop_platform
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -100,40 +94,12 @@ class WebPlatform:
         return self.platform.api()
 
 
-def _start_harness(data_dir: Path, **extra_env: str) -> RunningPlatform:
-    gateway_port, control_port = free_port(), free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
-        "STOCKADE_DATA_DIR": str(data_dir),
-        "STOCKADE_GATEWAY_PORT": str(gateway_port),
-        "STOCKADE_CONTROL_PORT": str(control_port),
-        "STOCKADE_LOG_LEVEL": "warning",
-        **extra_env,
-    }
-    log_path = data_dir / "platform.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tests.web.harness"], env=env, cwd=REPO, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    gateway_url, control_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{control_port}"
-    _wait_healthy(gateway_url, process, log_path)
-    _wait_healthy(control_url, process, log_path)
-    token_file = data_dir / "harness-admin-token"
-    deadline = time.monotonic() + 30
-    while not token_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return RunningPlatform(data_dir=data_dir, gateway_url=gateway_url, control_url=control_url,
-                           admin_token=token_file.read_text().strip(), env=env, process=process, log_path=log_path)
-
-
 @pytest.fixture(scope="session")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebPlatform]:
     data_dir = tmp_path_factory.mktemp("web-platform")
     catalog = data_dir / "catalog.yaml"
     catalog.write_text(TEST_CATALOG)
-    if os.environ.get("STOCKADE_WEB_HARNESS") == "1":
-        running = _start_harness(data_dir, STOCKADE_CATALOG_FILE=str(catalog))
-    else:
-        running = start_platform(data_dir, STOCKADE_CATALOG_FILE=str(catalog))
+    running = start_platform(data_dir, STOCKADE_CATALOG_FILE=str(catalog))
     try:
         probe = httpx2.get(f"{running.control_url}/ui/login", timeout=10)
         assert probe.status_code == 200, (

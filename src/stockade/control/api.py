@@ -7,6 +7,7 @@ document and proves every other route refuses an anonymous or non-admin caller.
 from __future__ import annotations
 
 import json
+import pathlib
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -177,7 +178,7 @@ def _token_out(token: Token) -> TokenOut:
     )
 
 
-def create_control_app(database: Database, deployments: Deployments, gateway: Gateway) -> FastAPI:
+def create_control_app(database: Database, deployments: Deployments, gateway: Gateway, *, data_dir: pathlib.Path) -> FastAPI:
     audit = gateway.audit
     gateway_url = gateway.public_url
 
@@ -424,7 +425,7 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api)
-    app.include_router(create_dashboard_router(database, deployments, gateway), prefix="/ui")
+    app.include_router(create_dashboard_router(database, deployments, gateway, data_dir=data_dir), prefix="/ui")
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

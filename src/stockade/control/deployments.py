@@ -26,7 +26,7 @@ from stockade.gateway.pins import ToolPins
 from stockade.logs import REDACTOR
 from stockade.secrets import Sealer
 from stockade.store.database import Database
-from stockade.store.models import Deployment, DeploymentVariable, utcnow
+from stockade.store.models import Deployment, DeploymentVariable
 
 if TYPE_CHECKING:
     from stockade.orchestrator.runtime import InstanceStatus, Orchestrator

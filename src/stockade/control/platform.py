@@ -106,7 +106,7 @@ class Platform:
         if gateway:
             servers.append(self._server(create_gateway_app(self.gateway), self.settings.gateway_host, self.settings.gateway_port))
         if self.deployments is not None:
-            control_app = create_control_app(self.database, self.deployments, self.gateway)
+            control_app = create_control_app(self.database, self.deployments, self.gateway, data_dir=self.settings.data_dir)
             servers.append(self._server(control_app, self.settings.control_host, self.settings.control_port))
 
         async def stop_on_signal() -> None:
