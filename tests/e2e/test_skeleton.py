@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from stockade.orchestrator.spec import network_name, owner_id
 from tests.conftest import RunningPlatform
 
 pytestmark = pytest.mark.docker
@@ -80,8 +81,12 @@ def test_audit_row_without_argument_values(platform: RunningPlatform, time_serve
     assert PLANTED_ZONE.encode() not in platform.database_bytes()
 
 
-def test_container_is_hardened(docker_client: docker.DockerClient, time_server: dict) -> None:
-    [container] = docker_client.containers.list(filters={"label": ["io.stockade.managed=true", "io.stockade.server=time"]})
+def server_labels(platform: RunningPlatform, slug: str) -> list[str]:
+    return ["io.stockade.managed=true", f"io.stockade.server={slug}", f"io.stockade.owner={owner_id(platform.data_dir)}"]
+
+
+def test_container_is_hardened(platform: RunningPlatform, docker_client: docker.DockerClient, time_server: dict) -> None:
+    [container] = docker_client.containers.list(filters={"label": server_labels(platform, "time")})
     inspect = container.attrs
     host = inspect["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
@@ -93,8 +98,8 @@ def test_container_is_hardened(docker_client: docker.DockerClient, time_server: 
     assert host["NanoCpus"] > 0 and host["PidsLimit"] > 0
     assert host["Privileged"] is False and host["PortBindings"] in (None, {})
     networks = inspect["NetworkSettings"]["Networks"]
-    assert list(networks) == ["stockade-time"]
-    assert docker_client.networks.get("stockade-time").attrs["Internal"] is True
+    assert list(networks) == [network_name("time", owner_id(platform.data_dir))]
+    assert docker_client.networks.get(list(networks)[0]).attrs["Internal"] is True
     mounts = [m.get("Source", "") for m in inspect["Mounts"]]
     assert not any("docker.sock" in m for m in mounts)
     dumped = json.dumps(inspect)
@@ -108,9 +113,9 @@ def test_teardown_leaves_nothing(platform: RunningPlatform, docker_client: docke
         assert created.status_code == 201, created.text
         assert api.delete("/deployments/time-two").status_code == 204
         assert api.get("/deployments/time-two").status_code == 404
-    leftovers = docker_client.containers.list(all=True, filters={"label": "io.stockade.server=time-two"})
+    leftovers = docker_client.containers.list(all=True, filters={"label": server_labels(platform, "time-two")})
     assert leftovers == []
-    assert docker_client.networks.list(names=["stockade-time-two"]) == []
+    assert docker_client.networks.list(names=[network_name("time-two", owner_id(platform.data_dir))]) == []
     response = httpx2.post(
         f"{platform.gateway_url}/servers/time-two/mcp",
         json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},

@@ -358,7 +358,7 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         return OffboardOut(member=name, tokens_revoked=revoked, streams_closed=streams, sessions_closed=sessions)
 
     @api.delete("/members/{name}")
-    async def remove_member(name: str, principal: Annotated[Principal, Depends(require_admin)]) -> OffboardOut:
+    async def remove_member(name: str, principal: Principal = Depends(require_admin)) -> OffboardOut:
         """Remove a member: their tokens are revoked first, then the member is deleted."""
         if name == principal.member:
             raise ConflictError("you cannot remove yourself", hint="ask another admin")
@@ -384,7 +384,7 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         return await anyio.to_thread.run_sync(run)
 
     @api.post("/servers/{slug}/tools/approve")
-    async def approve_tools(slug: str, body: ApproveIn, principal: Annotated[Principal, Depends(require_admin)]) -> list[str]:
+    async def approve_tools(slug: str, body: ApproveIn, principal: Principal = Depends(require_admin)) -> list[str]:
         """Pin the definitions the server offers now (all tools, or those named)."""
         only = set(body.tools) if body.tools is not None else None
         approved = await anyio.to_thread.run_sync(lambda: deployments.approve_tools(slug, only))
