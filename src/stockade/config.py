@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     pull_policy: PullPolicy = PullPolicy.never
     install_engine: bool = Field(default=True, description="On Debian as root, install docker.io if absent.")
     debian_mirror: str | None = Field(default=None, description="Mirror for the base image; else apt's own.")
+    server_network_pool: str = Field(
+        default="10.213.0.0/16",
+        description="IPv4 pool for the per-server internal networks (a /28 each, avoiding routes in use).",
+    )
 
     token: SecretStr | None = Field(default=None, description="Admin token the CLI presents to the management API.")
 

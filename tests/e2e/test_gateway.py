@@ -42,9 +42,15 @@ async def session_tools(url: str, token: str) -> set[str]:
 
 
 async def call(url: str, token: str, tool: str, arguments: dict) -> object:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with Client(streamable_http_client(url, http_client=http)) as client:
-            return await client.call_tool(tool, arguments)
+    try:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                return await client.call_tool(tool, arguments)
+    except BaseExceptionGroup as group:  # the client's task groups wrap the one error that matters
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        raise error from None
 
 
 def audit_rows(platform: RunningPlatform, **filters: str) -> list[dict]:

@@ -277,7 +277,7 @@ def catalog_show(name: str) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit in this mode
     except StockadeError as exc:
         errors.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
         if exc.hint:
@@ -294,3 +294,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -22,7 +22,6 @@ from mcp.shared.exceptions import MCPError
 from stockade import __version__
 from stockade.gateway import jsonrpc
 from stockade.gateway.identity import Principal
-from stockade.gateway.proxy import McpProxy
 from stockade.gateway.upstream import ServerDirectory
 
 SEPARATOR = "__"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -145,6 +145,14 @@ def too_many_requests(wait: float) -> JSONResponse:
     )
 
 
+class AsgiEndpoint:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
 def create_gateway_app(gateway: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -181,7 +189,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         with anyio.CancelScope() as held, gateway.streams.track(principal.token_id, held):
             await aggregate.handle_request(scope, receive, send)
 
-    app.router.routes.append(Route("/mcp", aggregate_endpoint, methods=["GET", "POST", "DELETE"]))
+    # A Route whose endpoint is not a plain function is served as an ASGI app (no Request wrapping).
+    app.router.routes.append(Route("/mcp", AsgiEndpoint(aggregate_endpoint), methods=["GET", "POST", "DELETE"]))
 
     async def admit(request: Request, slug: str) -> tuple[Principal, Upstream] | Response:
         try:

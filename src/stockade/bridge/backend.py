@@ -1,0 +1,357 @@
+"""The backend: one stdio server process, initialized once, supervised, restarted.
+
+`Backend.run()` owns the process for the bridge's lifetime:
+
+1. refuse to start while a `--required-env` variable is missing (the reason names them);
+2. start the command with the clean environment; initialize it ONCE in its own revision: the
+   newest handshake (`initialize` at 2025-11-25, which nearly every stdio server speaks), and only
+   if that is refused, `server/discover` (2026-07-28). Messages the server sends before its
+   initialize answer (server-everything sends `notifications/tools/list_changed`) are routed as usual;
+3. while it runs, read stdout into the `Multiplexer`, drain the outbox to stdin;
+4. when it exits, every call in flight is answered with an error naming the exit code and the last
+   stderr lines, and it is restarted with exponential backoff; more than `max_restarts` exits within
+   `restart_window` seconds is a crash loop: the backend stays down and /ready says why.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from stockade import __version__
+
+from .jsonrpc import (
+    CLIENT_CAPABILITIES_META,
+    CLIENT_INFO_META,
+    INTERNAL_ERROR,
+    JSON,
+    LATEST_HANDSHAKE,
+    LATEST_MODERN,
+    MODERN_VERSIONS,
+    PROTOCOL_VERSION_META,
+    RequestId,
+    dumps,
+    error_object,
+)
+from .multiplexer import Call, Multiplexer, next_peer_uid
+from .options import Options
+from .process import ServerProcess
+
+log = logging.getLogger("stockade.bridge.backend")
+
+BRIDGE_CLIENT_INFO = {"name": "stockade-bridge", "version": __version__}
+BRIDGE_CAPABILITIES: JSON = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}
+STDERR_TAIL = 20
+MAX_BACKOFF = 30.0
+
+
+class State(str, enum.Enum):
+    starting = "starting"
+    ready = "ready"
+    restarting = "restarting"
+    failed = "failed"
+    stopped = "stopped"
+
+
+class NotReady(Exception):
+    def __init__(self, detail: JSON) -> None:
+        super().__init__(detail.get("reason", "the server is not ready"))
+        self.detail = detail
+
+
+class InternalPeer:
+    """The bridge's own requests (initialize, REST listings): answers nothing."""
+
+    def __init__(self) -> None:
+        self.uid = next_peer_uid()
+
+    def supports(self, capability: str) -> bool:
+        return False
+
+    def next_request_id(self) -> RequestId:
+        return 0
+
+    def deliver(self, message: JSON, call: Call | None) -> None:
+        pass
+
+
+@dataclass
+class ExitInfo:
+    code: int | None
+    stderr: list[str]
+    when: float = field(default_factory=time.monotonic)
+
+
+class Backend:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.mux = Multiplexer(self._enqueue)
+        self.internal = InternalPeer()
+        self.state = State.starting
+        self.reason: str | None = "starting the server"
+        self.era: str = "legacy"
+        self.protocol_version: str | None = None
+        self.init_result: JSON | None = None
+        self.last_exit: ExitInfo | None = None
+        self.restarts = 0
+        self._ready = anyio.Event()
+        self._changed = anyio.Event()
+        self._outbox: deque[bytes] = deque()
+        self._outbox_event = anyio.Event()
+        self._process: ServerProcess | None = None
+        self._stopping = False
+        self._give_up = False
+        self._timed_out = False
+        self._wake = anyio.Event()
+        self.on_ready: list[Callable[[], None]] = []
+
+    # -- public --------------------------------------------------------------------------------
+
+    @property
+    def server_info(self) -> JSON:
+        result = self.init_result or {}
+        info = result.get("serverInfo")
+        if not isinstance(info, dict):
+            meta = result.get("_meta") if isinstance(result.get("_meta"), dict) else {}
+            info = meta.get("io.modelcontextprotocol/serverInfo") if meta else None
+        return info if isinstance(info, dict) else {"name": self.options.name, "version": "unknown"}
+
+    @property
+    def capabilities(self) -> JSON:
+        caps = (self.init_result or {}).get("capabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.ready
+
+    def status(self) -> JSON:
+        if self.ready:
+            return {"status": "ready", "protocol": self.protocol_version, "server": self.server_info}
+        detail: JSON = {"status": self.state.value, "reason": self.reason or self.state.value}
+        if self.last_exit is not None:
+            detail["exit_code"] = self.last_exit.code
+            detail["stderr"] = self.last_exit.stderr
+        if self.options.missing_env:
+            detail["missing_env"] = self.options.missing_env
+        return detail
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once ready; raise `NotReady` (with the /ready detail) on failure or timeout."""
+        with anyio.move_on_after(timeout):
+            while not self.ready:
+                if self.state is not State.starting:  # failed, stopped, or between restarts
+                    break
+                changed = self._changed
+                await changed.wait()
+        if not self.ready:
+            raise NotReady(self.status())
+
+    def open(self, peer: Any, message: JSON, *, streaming: bool = True) -> Call:
+        if not self.ready:
+            raise NotReady(self.status())
+        return self.mux.open(peer, message, streaming=streaming)
+
+    async def request(self, method: str, params: JSON | None, timeout: float, *,
+                      internal_ok: bool = False) -> JSON | None:
+        """A request of the bridge's own; the raw answer (result or error), None after `timeout`."""
+        if not (self.ready or internal_ok):
+            raise NotReady(self.status())
+        message: JSON = {"jsonrpc": "2.0", "id": 0, "method": method}
+        if params is not None:
+            message["params"] = params
+        call = self.mux.open(self.internal, message, streaming=False)
+        with anyio.move_on_after(timeout):
+            return await call.inbox.get()
+        self.mux.cancel(call, f"no answer within {timeout:g} s", answer=False)
+        return None
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _set_state(self, state: State, reason: str | None) -> None:
+        self.state, self.reason = state, reason
+        if state is State.ready:
+            self._ready.set()
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    def _enqueue(self, message: JSON) -> None:
+        self._outbox.append(dumps(message))
+        self._outbox_event.set()
+
+    async def _write_loop(self, process: ServerProcess) -> None:
+        while True:
+            while self._outbox:
+                data = self._outbox.popleft()
+                try:
+                    await process.send(data)
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    log.debug("server stdin closed; dropping %d queued message(s)", len(self._outbox) + 1)
+                    self._outbox.clear()
+                    return
+            self._outbox_event = anyio.Event()
+            await self._outbox_event.wait()
+
+    async def run(self) -> None:
+        missing = self.options.missing_env
+        if missing:
+            self._set_state(State.failed, f"missing required environment variable(s): {', '.join(missing)} "
+                                          "(set them in the deployment's secrets)")
+            log.error("%s", self.reason)
+            return
+        exits: deque[float] = deque()
+        backoff = 0.5
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                process = await ServerProcess.start(self.options.command, self.options.server_env,
+                                                    secrets=self.options.secret_values)
+            except OSError as exc:
+                self._set_state(State.failed, f"cannot start {self.options.command[0]!r}: "
+                                              f"{exc.strerror or exc}")
+                log.error("%s", self.reason)
+                return
+            log.info("started %s (pid %d)", self.options.command[0], process.pid)
+            await self._run_process(process)
+            if self._give_up:
+                return
+            if self._stopping:
+                break
+            now = time.monotonic()
+            if now - started > self.options.restart_window:
+                backoff = 0.5
+            exits.append(now)
+            while exits and now - exits[0] > self.options.restart_window:
+                exits.popleft()
+            if len(exits) > self.options.max_restarts:
+                self._set_state(State.failed, f"crash loop: the server exited {len(exits)} times within "
+                                              f"{self.options.restart_window:g} s; last: {self.reason}")
+                log.error("%s", self.reason)
+                return
+            self._set_state(State.restarting, self.reason)
+            log.warning("restarting the server in %.1f s", backoff)
+            self._wake = anyio.Event()
+            with anyio.move_on_after(backoff):
+                await self._wake.wait()
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            self.restarts += 1
+        if self.state is not State.failed:
+            self._set_state(State.stopped, "the bridge is shutting down")
+
+    async def shutdown(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL) and wait for `run` to notice."""
+        self.stop()
+        process = self._process
+        if process is not None:
+            await process.stop(self.options.stop_timeout)
+
+    async def _run_process(self, process: ServerProcess) -> None:
+        self._process = process
+        self._outbox.clear()
+        self._set_state(State.starting, "initializing the server")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(process.pump_stderr)
+            with anyio.CancelScope() as helpers:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(self._write_loop, process)
+                    inner.start_soon(self._handshake, process)
+                    async for message in process.messages():
+                        self.mux.from_backend(message)
+                    helpers.cancel()
+            with anyio.move_on_after(self.options.stop_timeout):
+                await process.wait()
+            if process.returncode is None:
+                log.warning("the server closed stdout but did not exit; stopping it")
+            code = await process.stop(self.options.stop_timeout)
+        tail = process.stderr.tail(STDERR_TAIL)
+        self.last_exit = ExitInfo(code, tail)
+        before = "before answering initialize " if self.init_result is None or self.state is not State.ready else ""
+        reason = f"the server exited with code {code} {before}".rstrip()
+        if self._give_up and self.reason:
+            reason = self.reason
+        elif self._stopping:
+            reason = "the bridge is shutting down"
+        elif self._timed_out and self.reason:
+            reason = self.reason
+        elif tail:
+            reason += "; last stderr: " + " | ".join(tail[-5:])
+        if not self._stopping:
+            log.error("%s", reason)
+        self.reason = reason
+        self.mux.fail_all(error_object(INTERNAL_ERROR, reason, {"exit_code": code, "stderr": tail}))
+        self._process = None
+
+    async def _handshake(self, process: ServerProcess) -> None:
+        timeout = self.options.ready_timeout
+        self._timed_out = False
+        answer = await self.request("initialize", {
+            "protocolVersion": LATEST_HANDSHAKE,
+            "capabilities": BRIDGE_CAPABILITIES,
+            "clientInfo": BRIDGE_CLIENT_INFO,
+        }, timeout, internal_ok=True)
+        if answer is None:
+            await self._no_answer(process, "initialize", timeout)
+            return
+        result = answer.get("result")
+        if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+            self.era = "legacy"
+            self.protocol_version = result["protocolVersion"]
+            self.init_result = result
+            self._enqueue({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            self._became_ready()
+            return
+        if process.returncode is not None:
+            return
+        first_error = answer.get("error") if isinstance(answer.get("error"), dict) else {"message": "no result"}
+        answer = await self.request("server/discover", {"_meta": {
+            PROTOCOL_VERSION_META: LATEST_MODERN,
+            CLIENT_INFO_META: BRIDGE_CLIENT_INFO,
+            CLIENT_CAPABILITIES_META: BRIDGE_CAPABILITIES,
+        }}, timeout, internal_ok=True)
+        if answer is None:
+            await self._no_answer(process, "server/discover", timeout)
+            return
+        result = answer.get("result")
+        versions = result.get("supportedVersions") if isinstance(result, dict) else None
+        if isinstance(result, dict) and isinstance(versions, list) and LATEST_MODERN in versions:
+            self.era = "modern"
+            self.protocol_version = next(v for v in reversed(MODERN_VERSIONS) if v in versions)
+            self.init_result = result
+            self._became_ready()
+            return
+        if process.returncode is not None:
+            return
+        reason = (f"the server refused initialize ({first_error.get('message', first_error)}) and "
+                  f"server/discover; it does not speak a revision the bridge knows")
+        self._give_up = True
+        self._set_state(State.failed, reason)
+        await process.stop(self.options.stop_timeout)
+
+    async def _no_answer(self, process: ServerProcess, method: str, timeout: float) -> None:
+        """No answer to the handshake in time: stop this run (it counts towards the crash loop)."""
+        if process.returncode is not None:
+            return
+        self._timed_out = True
+        self.reason = f"the server did not answer {method} within {timeout:g} s (--ready-timeout)"
+        tail = process.stderr.tail(5)
+        if tail:
+            self.reason += "; last stderr: " + " | ".join(tail)
+        await process.stop(self.options.stop_timeout)
+
+    def _became_ready(self) -> None:
+        log.info("server ready: %s %s, protocol %s", self.server_info.get("name"), self.server_info.get("version"),
+                 self.protocol_version)
+        self._set_state(State.ready, None)
+        for callback in list(self.on_ready):
+            callback()

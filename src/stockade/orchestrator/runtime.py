@@ -1,0 +1,390 @@
+"""Running servers: one hardened container on one internal network per deployment.
+
+deploy = ensure image -> host firewall for the deployment's bridge interface -> internal network
+-> container (spec.py) -> attach stdin, start, write the bootstrap line, close -> wait for the
+bridge's /ready (Bearer token) -> ServerInstance. Any failure removes what was made and raises
+`DeploymentError` with the exit code and the last log lines (values of variables redacted).
+
+Everything here blocks (the docker SDK is synchronous): async callers use threads.
+Containers and networks carry labels, so `instances()` finds them again after a restart of the
+control plane (adoption); the bridge keeps its token in memory, so an adopted instance needs
+nothing re-sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx2
+from docker.types import IPAMConfig, IPAMPool
+
+from stockade.catalog import CatalogEntry
+from stockade.config import Settings
+from stockade.errors import DeploymentError, EngineError
+from stockade.orchestrator import firewall, subnets
+from stockade.orchestrator.engine import connect_engine
+from stockade.orchestrator.images import BuiltImage, ImageBuilder
+from stockade.orchestrator.spec import (
+    BRIDGE_PORT,
+    LABEL_DEPLOYMENT,
+    LABEL_ENTRY,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_SERVER,
+    container_name,
+    container_spec,
+    network_name,
+    owner_id,
+)
+
+Progress = Callable[[str], None]
+LOG_LINES_ON_FAILURE = 30
+
+
+@dataclass(frozen=True)
+class ServerInstance:
+    slug: str
+    deployment_id: str
+    container_id: str
+    container_name: str
+    network_id: str
+    network_name: str
+    ip: str
+    port: int
+    entry: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    slug: str
+    state: str  # created | running | restarting | exited | dead | paused | absent
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    restart_count: int
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    container_id: str | None = None
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for value in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(value, "[redacted]")
+    return text
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.progress = progress or _noop
+        self._client = client
+        self._builder: ImageBuilder | None = None
+        self._lock = threading.Lock()
+        self._slug_locks: dict[str, threading.Lock] = {}
+        # Containers, networks and firewall rules are scoped to this installation (data directory):
+        # another Stockade on the same engine neither sees nor removes ours, and a slug may be
+        # deployed by both.
+        self.owner = owner_id(settings.data_dir)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine, connected (and on Debian as root installed/started) on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = connect_engine(self.settings, progress=self.progress)
+            return self._client
+
+    @property
+    def builder(self) -> ImageBuilder:
+        client = self.client
+        with self._lock:
+            if self._builder is None:
+                self._builder = ImageBuilder(client, self.settings, progress=self.progress)
+            return self._builder
+
+    def _slug_lock(self, slug: str) -> threading.Lock:
+        with self._lock:
+            return self._slug_locks.setdefault(slug, threading.Lock())
+
+    def key(self, slug: str) -> str:
+        """This installation's name for a deployment (firewall rules, interface name)."""
+        return f"{self.owner}-{slug}"
+
+    def _labels(self, slug: str | None = None) -> list[str]:
+        return [f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", f"{LABEL_SERVER}={slug}" if slug else LABEL_SERVER]
+
+    # -- API -------------------------------------------------------------------------------------------
+    def ensure_image(self, entry: CatalogEntry) -> BuiltImage:
+        return self.builder.ensure_server_image(entry)
+
+    def deploy(self, entry: CatalogEntry, *, slug: str, deployment_id: str, env: Mapping[str, str],
+               bridge_token: str, ready_timeout: float = 60.0) -> ServerInstance:
+        if not bridge_token:
+            raise DeploymentError("a bridge token is required")
+        with self._slug_lock(slug):
+            image = self.ensure_image(entry)
+            self._remove(slug)  # a leftover of an earlier deploy of this slug is replaced, never reused
+            secrets = [bridge_token, *env.values()]
+            try:
+                return self._deploy(entry, slug=slug, deployment_id=deployment_id, env=env,
+                                    bridge_token=bridge_token, image=image, ready_timeout=ready_timeout,
+                                    secrets=secrets)
+            except DeploymentError:
+                self._remove(slug)
+                raise
+            except docker.errors.APIError as exc:
+                self._remove(slug)
+                raise DeploymentError(f"deploying {slug!r} failed: {redact(str(exc.explanation or exc), secrets)}") from None
+            except BaseException:
+                self._remove(slug)
+                raise
+
+    def remove(self, slug: str) -> None:
+        with self._slug_lock(slug):
+            self._remove(slug)
+
+    def instances(self) -> list[ServerInstance]:
+        """Running server containers of this installation, found by their labels (adoption).
+
+        The host firewall of each is re-asserted (idempotent): rules lost with a firewall reload
+        come back before the control plane routes to an adopted server again.
+        """
+        found = []
+        for container in self.client.containers.list(filters={"label": self._labels()}):
+            instance = self._instance_of(container)
+            if instance is not None:
+                firewall.block_host(self.key(instance.slug))
+                found.append(instance)
+        return sorted(found, key=lambda i: i.slug)
+
+    def instance(self, slug: str) -> ServerInstance | None:
+        container = self._container(slug)
+        if container is None or container.status != "running":
+            return None
+        return self._instance_of(container)
+
+    def status(self, slug: str) -> InstanceStatus:
+        container = self._container(slug)
+        if container is None:
+            return InstanceStatus(slug=slug, state="absent", running=False, exit_code=None, oom_killed=False,
+                                  restart_count=0, started_at=None, finished_at=None, error=None)
+        state = container.attrs.get("State", {})
+        zero_time = "0001-01-01T00:00:00Z"
+        return InstanceStatus(
+            slug=slug,
+            state=str(state.get("Status", "unknown")),
+            running=bool(state.get("Running")),
+            exit_code=None if state.get("Running") or state.get("Status") == "created" else state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            restart_count=int(container.attrs.get("RestartCount", 0)),
+            started_at=None if state.get("StartedAt") in (None, "", zero_time) else state.get("StartedAt"),
+            finished_at=None if state.get("FinishedAt") in (None, "", zero_time) else state.get("FinishedAt"),
+            error=state.get("Error") or None,
+            container_id=container.id,
+        )
+
+    def logs(self, slug: str, *, tail: int = 100) -> str:
+        container = self._container(slug)
+        if container is None:
+            return ""
+        return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
+
+    # -- deploy --------------------------------------------------------------------------------------
+    def _deploy(self, entry: CatalogEntry, *, slug: str, deployment_id: str, env: Mapping[str, str],
+                bridge_token: str, image: BuiltImage, ready_timeout: float, secrets: list[str]) -> ServerInstance:
+        say = self.progress
+        net_name = network_name(slug, self.owner)
+        labels = {LABEL_MANAGED: "true", LABEL_OWNER: self.owner, LABEL_SERVER: slug,
+                  LABEL_DEPLOYMENT: deployment_id, LABEL_ENTRY: entry.name}
+
+        # 1. the host firewall first: the interface it names does not exist yet, so no window
+        interface = firewall.block_host(self.key(slug))
+        # 2. the deployment's own network: internal (no route out), no masquerading
+        say(f"{slug}: creating network {net_name}")
+        network = self._create_network(net_name, interface, labels)
+        # 3. the container
+        spec = container_spec(entry, slug=slug, deployment_id=deployment_id, image=image.tag,
+                              network_name=net_name, data_dir=self.settings.data_dir, bridge_port=BRIDGE_PORT,
+                              owner=self.owner)
+        for mount in spec.mounts:
+            self._prepare_mount(Path(mount.source), writable=not mount.read_only)
+        container = self.client.containers.create(**spec.create_kwargs())
+        # 4. the bootstrap line: attached before start, so the bridge cannot miss it
+        say(f"{slug}: starting container {container.name}")
+        line = (json.dumps({"token": bridge_token, "env": dict(env)}) + "\n").encode()
+        self._start_with_stdin(container, line)
+        # 5. ready?
+        container.reload()
+        ip = container.attrs["NetworkSettings"]["Networks"].get(net_name, {}).get("IPAddress") or ""
+        if not ip:
+            raise DeploymentError(f"container of {slug!r} has no address on {net_name}",
+                                  hint=self._failure_details(container, secrets))
+        self._wait_ready(container, slug, f"http://{ip}:{BRIDGE_PORT}", bridge_token, ready_timeout, secrets)
+        say(f"{slug}: ready at http://{ip}:{BRIDGE_PORT}")
+        return ServerInstance(slug=slug, deployment_id=deployment_id, container_id=container.id,
+                              container_name=container.name, network_id=network.id, network_name=net_name,
+                              ip=ip, port=BRIDGE_PORT, entry=entry.name)
+
+    def _create_network(self, name: str, interface: str, labels: dict[str, str]) -> Any:
+        """An internal bridge network on a /28 of our pool (several tries: others allocate too)."""
+        options = {
+            "com.docker.network.bridge.name": interface,
+            "com.docker.network.bridge.enable_ip_masquerade": "false",
+            "com.docker.network.bridge.enable_icc": "false",
+        }
+        used = subnets.engine_subnets(n.attrs for n in self.client.networks.list(greedy=False))
+        try:
+            candidates = subnets.free_subnets(self.settings.server_network_pool, [*used, *subnets.host_routes()])
+        except ValueError as exc:
+            raise DeploymentError(str(exc), hint="set STOCKADE_SERVER_NETWORK_POOL to an IPv4 CIDR") from None
+        last_error = "the pool is exhausted"
+        for _attempt, subnet in zip(range(8), candidates, strict=False):
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(subnet[1]))])
+            try:
+                return self.client.networks.create(name, driver="bridge", internal=True, labels=labels,
+                                                   check_duplicate=True, options=options, ipam=ipam)
+            except docker.errors.APIError as exc:
+                last_error = str(exc.explanation or exc)
+                if "overlap" not in last_error.lower():
+                    raise
+        raise DeploymentError(
+            f"no free subnet for network {name} in {self.settings.server_network_pool}: {last_error}",
+            hint="remove unused deployments or widen STOCKADE_SERVER_NETWORK_POOL",
+        )
+
+    def _start_with_stdin(self, container: Any, line: bytes) -> None:
+        sock = self.client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)
+        try:
+            container.start()
+            raw.sendall(line)
+            try:
+                raw.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        finally:
+            try:
+                sock.close()
+            finally:
+                raw.close()
+
+    def _wait_ready(self, container: Any, slug: str, endpoint: str, token: str, timeout: float,
+                    secrets: list[str]) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        # trust_env=False: never route this through a proxy from the environment
+        with httpx2.Client(timeout=2.0, trust_env=False) as http:
+            while True:
+                try:
+                    response = http.get(f"{endpoint}/ready", headers={"Authorization": f"Bearer {token}"})
+                    if response.status_code == 200:
+                        return
+                    last = f"/ready answered {response.status_code}: {response.text[:200]}"
+                except httpx2.HTTPError as exc:
+                    last = f"{type(exc).__name__}"
+                container.reload()
+                if container.status not in ("created", "running"):
+                    code = container.attrs.get("State", {}).get("ExitCode")
+                    oom = " (killed: out of memory)" if container.attrs.get("State", {}).get("OOMKilled") else ""
+                    raise DeploymentError(
+                        f"the container of {slug!r} exited with code {code}{oom} before it was ready",
+                        hint=self._failure_details(container, secrets),
+                    )
+                if time.monotonic() >= deadline:
+                    raise DeploymentError(
+                        f"the bridge of {slug!r} was not ready within {timeout:.0f} s ({redact(last, secrets)})",
+                        hint=self._failure_details(container, secrets),
+                    )
+                time.sleep(0.25)
+
+    def _failure_details(self, container: Any, secrets: list[str]) -> str:
+        try:
+            logs = container.logs(tail=LOG_LINES_ON_FAILURE, stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.APIError:
+            logs = ""
+        logs = redact(logs.strip(), secrets)
+        return f"last log lines:\n{logs}" if logs else "the container wrote no log lines"
+
+    def _prepare_mount(self, path: Path, *, writable: bool) -> None:
+        if path.exists():
+            if not path.is_dir():
+                raise DeploymentError(f"mount source {path} exists and is not a directory")
+            return
+        path.mkdir(parents=True, mode=0o750)
+        if writable:
+            import os
+
+            try:  # the server runs as 65534: a directory we create for it must be its own
+                os.chown(path, 65534, 65534)
+            except PermissionError:
+                path.chmod(0o777)
+
+    # -- lookup and removal --------------------------------------------------------------------------
+    def _containers(self, slug: str) -> list[Any]:
+        by_label = self.client.containers.list(all=True, filters={"label": self._labels(slug)})
+        by_name = self.client.containers.list(all=True, filters={"name": f"^/{container_name(slug, self.owner)}$"})
+        seen: dict[str, Any] = {}
+        for container in [*by_label, *by_name]:
+            seen.setdefault(container.id, container)
+        return list(seen.values())
+
+    def _container(self, slug: str) -> Any:
+        containers = self._containers(slug)
+        if not containers:
+            return None
+        running = [c for c in containers if c.status == "running"]
+        return (running or containers)[0]
+
+    def _remove(self, slug: str) -> None:
+        for container in self._containers(slug):
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise EngineError(f"cannot remove the container of {slug!r}: {exc.explanation or exc}") from None
+        name = network_name(slug, self.owner)
+        networks = self.client.networks.list(filters={"label": self._labels(slug)})
+        networks += [n for n in self.client.networks.list(names=[name]) if n.name == name]
+        for network in {n.id: n for n in networks}.values():
+            try:
+                network.remove()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise EngineError(f"cannot remove the network of {slug!r}: {exc.explanation or exc}") from None
+        firewall.unblock_host(self.key(slug))
+
+    def _instance_of(self, container: Any) -> ServerInstance | None:
+        labels = container.labels or {}
+        slug = labels.get(LABEL_SERVER)
+        if not slug or labels.get(LABEL_OWNER) != self.owner:
+            return None
+        net_name = network_name(slug, self.owner)
+        network = container.attrs.get("NetworkSettings", {}).get("Networks", {}).get(net_name)
+        if not network or not network.get("IPAddress"):
+            return None
+        return ServerInstance(slug=slug, deployment_id=labels.get(LABEL_DEPLOYMENT, ""), container_id=container.id,
+                              container_name=container.name, network_id=network.get("NetworkID", ""),
+                              network_name=net_name, ip=network["IPAddress"], port=BRIDGE_PORT,
+                              entry=labels.get(LABEL_ENTRY, ""))
