@@ -22,6 +22,8 @@ app.add_typer(members_app, name="members")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(catalog_app, name="catalog")
+secrets_app = typer.Typer(no_args_is_help=True, help="Deployment variables and secrets (values are never shown).")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(k8s.app, name="k8s", help="Render and apply Kubernetes manifests for catalog entries.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -100,6 +102,18 @@ def engine() -> None:
 
 
 @app.command()
+def doctor(as_json: JsonOption = False) -> None:
+    """Check engine, images, tools, database, master key, ports and clock; print the fix for each problem."""
+    from stockade.cli.doctor import run_checks
+
+    findings = run_checks(settings())
+    rows = [{"check": f.check, "status": "ok" if f.ok else "PROBLEM", "detail": f.detail, "fix": f.fix} for f in findings]
+    emit(rows, as_json=as_json, columns=("check", "status", "detail", "fix"), title="stockade doctor")
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command()
 def images(
     names: Annotated[list[str] | None, typer.Argument(help="Catalog entries (default: all).")] = None,
 ) -> None:
@@ -171,6 +185,54 @@ def remove(slug: str) -> None:
     """Remove a deployment: its container, network and stored values."""
     api().request("DELETE", f"/deployments/{slug}")
     console.print(f"removed {slug}")
+
+
+@app.command()
+def logs(slug: str, tail: Annotated[int, typer.Option(help="How many recent lines.")] = 200) -> None:
+    """A server's recent output, with its secret values redacted."""
+    print(api().request("GET", f"/deployments/{slug}/logs", params={"tail": tail}), end="")
+
+
+def _read_values(names: list[str], from_stdin: bool) -> dict[str, str]:
+    """Values typed at a hidden prompt, or NAME=VALUE lines on stdin; never on the command line."""
+    if from_stdin:
+        values = _parse_env([line for line in sys.stdin.read().splitlines() if line.strip()])
+        missing = sorted(set(names) - set(values))
+        if missing:
+            raise StockadeError(f"stdin has no value for: {', '.join(missing)}")
+        return {name: values[name] for name in names}
+    return {name: typer.prompt(f"{name}", hide_input=True) for name in names}
+
+
+@secrets_app.command("list")
+def secrets_list(slug: str, as_json: JsonOption = False) -> None:
+    """Names of a deployment's variables and when they were set."""
+    emit(api().request("GET", f"/deployments/{slug}/variables"), as_json=as_json,
+         columns=("name", "secret", "set_at"), title=f"Variables of {slug}")
+
+
+@secrets_app.command("set")
+def secrets_set(
+    slug: str,
+    names: Annotated[list[str], typer.Argument(help="Variable names; values are asked for, hidden.")],
+    from_stdin: Annotated[bool, typer.Option("--stdin", help="Read NAME=VALUE lines from stdin.")] = False,
+) -> None:
+    """Set values; the server gets them at its next start (use `rotate` to move it now)."""
+    api().request("PUT", f"/deployments/{slug}/variables", json={"env": _read_values(names, from_stdin)})
+    console.print(f"set {', '.join(names)} on {slug} (takes effect at the next start)")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    slug: str,
+    names: Annotated[list[str], typer.Argument(help="Variable names; values are asked for, hidden.")],
+    from_stdin: Annotated[bool, typer.Option("--stdin", help="Read NAME=VALUE lines from stdin.")] = False,
+) -> None:
+    """Set new values and move the server onto them now."""
+    values = _read_values(names, from_stdin)
+    with console.status(f"rotating {', '.join(names)} on {slug}…"):
+        api().request("POST", f"/deployments/{slug}/variables:rotate", json={"env": values})
+    console.print(f"rotated {', '.join(names)} on {slug}")
 
 
 # -- members and tokens -------------------------------------------------------------------------

@@ -36,8 +36,8 @@ from stockade.gateway.identity import (
     role_rules,
 )
 from stockade.store.database import Database
-from stockade.web import create_dashboard_router
 from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
+from stockade.web import create_dashboard_router
 
 
 class DeployRequest(BaseModel):
@@ -58,6 +58,16 @@ class DeploymentOut(BaseModel):
     endpoint: str = Field(description="MCP endpoint on the gateway")
     created_at: datetime
     updated_at: datetime
+
+
+class VariablesIn(BaseModel):
+    env: dict[str, str] = Field(min_length=1, description="NAME -> value; values are never returned")
+
+
+class VariableOut(BaseModel):
+    name: str
+    secret: bool
+    set_at: datetime
 
 
 class MemberIn(BaseModel):
@@ -250,6 +260,33 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
     async def restart_deployment(slug: str) -> DeploymentOut:
         """Start a stopped deployment, or replace a running one with a fresh container."""
         return view(await anyio.to_thread.run_sync(deployments.start, slug))
+
+    @api.get("/deployments/{slug}/variables")
+    async def list_variables(slug: str) -> list[VariableOut]:
+        """Names, whether secret, and when each was set: never a value."""
+        def run() -> list[VariableOut]:
+            view_ = deployments.get(slug)
+            entry = deployments.catalog.get(view_.entry)
+            secret = entry.secret_env_names
+            return [VariableOut(name=name, secret=name in secret, set_at=at) for name, at in sorted(view_.variables.items())]
+
+        return await anyio.to_thread.run_sync(run)
+
+    @api.put("/deployments/{slug}/variables")
+    async def set_variables(slug: str, body: VariablesIn) -> DeploymentOut:
+        """Set values (sealed at once); the server gets them when it next starts (see :rotate)."""
+        return view(await anyio.to_thread.run_sync(lambda: deployments.set_variables(slug, body.env)))
+
+    @api.post("/deployments/{slug}/variables:rotate")
+    async def rotate_variables(slug: str, body: VariablesIn) -> DeploymentOut:
+        """Set values and move the server onto them with a fresh container."""
+        return view(await anyio.to_thread.run_sync(lambda: deployments.rotate(slug, body.env)))
+
+    @api.get("/deployments/{slug}/logs", response_class=PlainTextResponse)
+    async def deployment_logs(slug: str, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> PlainTextResponse:
+        """The container's recent output (bounded), secret values redacted."""
+        text = await anyio.to_thread.run_sync(lambda: deployments.logs(slug, tail=tail))
+        return PlainTextResponse(text)
 
     @api.delete("/deployments/{slug}", status_code=204)
     async def delete_deployment(slug: str) -> None:

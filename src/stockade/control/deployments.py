@@ -20,13 +20,13 @@ from sqlalchemy import select
 
 from stockade import metrics
 from stockade.catalog import SLUG_PATTERN, CatalogEntry
-from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
 from stockade.control.directory import DeploymentDirectory, seal_context
+from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
 from stockade.gateway.pins import ToolPins
 from stockade.logs import REDACTOR
 from stockade.secrets import Sealer
 from stockade.store.database import Database
-from stockade.store.models import Deployment, DeploymentVariable
+from stockade.store.models import Deployment, DeploymentVariable, utcnow
 
 if TYPE_CHECKING:
     from stockade.orchestrator.runtime import InstanceStatus, Orchestrator
@@ -236,6 +236,49 @@ class Deployments:
         with self._db.session() as session:
             row = self._row(session, slug)
             row.status, row.error = status, error
+
+    # -- variables and secrets -------------------------------------------------------------------
+    def set_variables(self, slug: str, values: Mapping[str, str]) -> DeploymentView:
+        """Seal new values for declared variables; a running server gets them at its next start."""
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            entry = self.catalog.get(row.entry)
+            declared = {v.name: v for v in [*entry.required_env, *entry.optional_env]}
+            unknown = sorted(set(values) - set(declared))
+            if unknown:
+                raise ValidationFailed(f"variables not declared by catalog entry {entry.name!r}: {', '.join(unknown)}")
+            empty = sorted(name for name, value in values.items() if not value and declared[name] in entry.required_env)
+            if empty:
+                raise ValidationFailed(f"required variables cannot be empty: {', '.join(empty)}")
+            existing = {v.name: v for v in row.variables}
+            for name, value in values.items():
+                sealed = self._sealer.seal(value.encode(), context=seal_context(row.id, name))
+                if name in existing:
+                    existing[name].sealed_value, existing[name].set_at = sealed, utcnow()
+                else:
+                    row.variables.append(DeploymentVariable(name=name, secret=int(declared[name].secret), sealed_value=sealed))
+                if declared[name].secret:
+                    REDACTOR.register(value)
+            session.flush()
+            return DeploymentView.of(row)
+
+    def rotate(self, slug: str, values: Mapping[str, str]) -> DeploymentView:
+        """Set new values and move the server onto them (a fresh container started with them)."""
+        self.set_variables(slug, values)
+        return self.start(slug)
+
+    def logs(self, slug: str, *, tail: int) -> str:
+        """The server container's recent output, with every secret value of the deployment redacted."""
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            secrets = [self._sealer.open(v.sealed_value, context=seal_context(row.id, v.name)).decode()
+                       for v in row.variables if v.secret]
+            secrets.append(self._sealer.open(row.bridge_token, context=seal_context(row.id, "bridge-token")).decode())
+        text = self.orchestrator.logs(slug, tail=tail)
+        for value in sorted(secrets, key=len, reverse=True):
+            if value:
+                text = text.replace(value, "[redacted]")
+        return REDACTOR.redact(text)
 
     def stop(self, slug: str) -> DeploymentView:
         """Stop the server (container and network go; stored values stay for a later start)."""

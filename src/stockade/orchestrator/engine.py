@@ -65,6 +65,11 @@ def _try_connect(url: str) -> docker.DockerClient | None:
         return None
 
 
+def probe_engine(settings: Settings) -> docker.DockerClient | None:
+    """The engine if one answers now; never installs or starts anything (for `stockade doctor`)."""
+    return _try_connect(engine_url(settings)[0])
+
+
 def _is_debian() -> bool:
     return Path("/etc/debian_version").exists() and shutil.which("apt-get") is not None
 
