@@ -28,8 +28,12 @@ POSTGRES_DSN = "postgresql+psycopg://stockade_test:stockade_test@127.0.0.1:5432"
 
 
 def fresh_database_url(directory: Path) -> str:
+    """A new, empty database for `directory`; the same one again for the same directory."""
     if TEST_DATABASE == "sqlite":
         return f"sqlite:///{directory / 'stockade.db'}"
+    remembered = directory / ".test-database-url"
+    if remembered.exists():
+        return remembered.read_text()
     if TEST_DATABASE != "postgresql":
         raise AssertionError(f"STOCKADE_TEST_DATABASE must be sqlite or postgresql, not {TEST_DATABASE!r}")
     import sqlalchemy
@@ -39,7 +43,8 @@ def fresh_database_url(directory: Path) -> str:
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
-    return f"{POSTGRES_DSN}/{name}"
+    remembered.write_text(f"{POSTGRES_DSN}/{name}")
+    return remembered.read_text()
 
 
 def free_port() -> int:
@@ -65,9 +70,15 @@ class RunningPlatform:
     def api(self) -> httpx2.Client:
         return httpx2.Client(base_url=f"{self.control_url}/api/v1", headers=self.admin_headers, timeout=300)
 
+    def cli_command(self) -> list[str]:
+        return [sys.executable, "-m", "stockade.cli"]
+
+    def cli_env(self, token: str | None = None) -> dict[str, str]:
+        return dict(self.env, STOCKADE_TOKEN=token if token is not None else self.admin_token)
+
     def cli(self, *args: str, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = dict(self.env, STOCKADE_TOKEN=token if token is not None else self.admin_token)
-        result = subprocess.run([sys.executable, "-m", "stockade.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run([*self.cli_command(), *args], env=self.cli_env(token), capture_output=True, text=True,
+                                timeout=600)
         if check and result.returncode != 0:
             raise AssertionError(f"stockade {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
