@@ -19,6 +19,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def issuer() -> Iterator[LocalIssuer]:
     running = LocalIssuer().start()
+    running.reset()  # one RSA and one EC key, published
     try:
         yield running
     finally:

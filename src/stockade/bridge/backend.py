@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -82,10 +83,28 @@ class InternalPeer:
         pass
 
 
+# Where the kernel counts OOM kills of this container's cgroup (v2, then v1). Read before a server
+# starts and after it exits: a higher count means the memory limit, not a bug, ended it.
+_OOM_COUNTERS = (Path("/sys/fs/cgroup/memory.events"), Path("/sys/fs/cgroup/memory/memory.oom_control"))
+
+
+def oom_kill_count() -> int | None:
+    for path in _OOM_COUNTERS:
+        try:
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    return int(value)
+        except OSError:
+            continue
+    return None
+
+
 @dataclass
 class ExitInfo:
     code: int | None
     stderr: list[str]
+    reason: str = ""
     when: float = field(default_factory=time.monotonic)
 
 
@@ -133,9 +152,10 @@ class Backend:
         return self.state is State.ready
 
     def status(self) -> JSON:
+        history: JSON = {"restarts": self.restarts, "last_exit": self.last_exit.reason if self.last_exit else None}
         if self.ready:
-            return {"status": "ready", "protocol": self.protocol_version, "server": self.server_info}
-        detail: JSON = {"status": self.state.value, "reason": self.reason or self.state.value}
+            return {"status": "ready", "protocol": self.protocol_version, "server": self.server_info, **history}
+        detail: JSON = {"status": self.state.value, "reason": self.reason or self.state.value, **history}
         if self.last_exit is not None:
             detail["exit_code"] = self.last_exit.code
             detail["stderr"] = self.last_exit.stderr
@@ -257,6 +277,7 @@ class Backend:
             await process.stop(self.options.stop_timeout)
 
     async def _run_process(self, process: ServerProcess) -> None:
+        oom_kills_before = oom_kill_count()
         self._process = process
         self._outbox.clear()
         self._set_state(State.starting, "initializing the server")
@@ -275,9 +296,11 @@ class Backend:
                 log.warning("the server closed stdout but did not exit; stopping it")
             code = await process.stop(self.options.stop_timeout)
         tail = process.stderr.tail(STDERR_TAIL)
-        self.last_exit = ExitInfo(code, tail)
         before = "before answering initialize " if self.init_result is None or self.state is not State.ready else ""
         reason = f"the server exited with code {code} {before}".rstrip()
+        oom_kills_after = oom_kill_count()
+        if oom_kills_before is not None and oom_kills_after is not None and oom_kills_after > oom_kills_before:
+            reason = f"the server ran out of memory (killed by the kernel's OOM killer, code {code})"
         if self._give_up and self.reason:
             reason = self.reason
         elif self._stopping:
@@ -289,6 +312,7 @@ class Backend:
         if not self._stopping:
             log.error("%s", reason)
         self.reason = reason
+        self.last_exit = ExitInfo(code, tail, reason)
         self.mux.fail_all(error_object(INTERNAL_ERROR, reason, {"exit_code": code, "stderr": tail}))
         self._process = None
 

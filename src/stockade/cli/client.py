@@ -24,7 +24,8 @@ class ApiClient:
             timeout=timeout,
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, text: bool = False, **kwargs: Any) -> Any:
+        """The JSON answer (or with `text`, the body as text); API errors raise `StockadeError`."""
         try:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx2.TransportError as exc:
@@ -34,6 +35,8 @@ class ApiClient:
             ) from None
         if response.status_code >= 400:
             raise _api_error(response)
+        if text:
+            return response.text
         return response.json() if response.content else None
 
 

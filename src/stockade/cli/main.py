@@ -190,7 +190,7 @@ def remove(slug: str) -> None:
 @app.command()
 def logs(slug: str, tail: Annotated[int, typer.Option(help="How many recent lines.")] = 200) -> None:
     """A server's recent output, with its secret values redacted."""
-    print(api().request("GET", f"/deployments/{slug}/logs", params={"tail": tail}), end="")
+    print(api().request("GET", f"/deployments/{slug}/logs", params={"tail": tail}, text=True), end="")
 
 
 def _read_values(names: list[str], from_stdin: bool) -> dict[str, str]:

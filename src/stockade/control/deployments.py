@@ -217,6 +217,32 @@ class Deployments:
                     dead.append((slug, describe_exit(state)))
         return dead
 
+    def bridge_reports(self) -> list[tuple[str, str, int, str | None]]:
+        """What each running bridge says of its server process: (slug, container id, restarts, last exit)."""
+        with self._db.session() as session:
+            rows = [(r.slug, r.container_id, self._directory.upstream_of(r))
+                    for r in session.scalars(select(Deployment).where(Deployment.status == "running"))]
+        reports = []
+        for slug, container_id, upstream in rows:
+            try:
+                response = httpx2.get(f"{upstream.endpoint}/ready", headers={"authorization": f"Bearer {upstream.token}"},
+                                      timeout=2)
+                body = response.json()
+            except (httpx2.HTTPError, ValueError):
+                continue  # the container check notices a dead server; a slow one is asked again later
+            if isinstance(body, dict) and isinstance(body.get("restarts"), int):
+                reports.append((slug, container_id or "", body["restarts"], body.get("last_exit")))
+        return reports
+
+    def record_process_restarts(self, slug: str, count: int, reason: str | None) -> None:
+        """The bridge restarted the server process `count` more times; the last one because `reason`."""
+        with self._db.session() as session:
+            row = self._row(session, slug)
+            row.restarts += count
+            if reason:
+                row.last_exit = reason
+        metrics.RESTARTS.labels(slug).set(self.get(slug).restarts)
+
     def record_exit(self, slug: str, reason: str) -> None:
         self._directory.forget(slug)
         with self._db.session() as session:

@@ -20,6 +20,9 @@ from stockade.errors import StockadeError
 log = logging.getLogger(__name__)
 
 
+BRIDGE_EVERY = 3  # passes between asking the bridges about their server processes
+
+
 @dataclass
 class _History:
     deaths: list[float] = field(default_factory=list)
@@ -44,6 +47,9 @@ class Supervisor:
         self._limit = crash_loop_limit
         self._window = crash_loop_window
         self._history: dict[str, _History] = {}
+        # (container id, restarts the bridge reported) per server, to count only new restarts.
+        self._bridge_restarts: dict[str, tuple[str, int]] = {}
+        self._passes = 0
 
     async def run(self) -> None:
         while True:
@@ -54,6 +60,9 @@ class Supervisor:
                 log.exception("supervision pass failed")
 
     def check_once(self) -> None:
+        self._passes += 1
+        if self._passes % BRIDGE_EVERY == 0:
+            self.observe_bridges()
         now = time.monotonic()
         for slug, exit_reason in self._deployments.dead_instances():
             history = self._history.setdefault(slug, _History())
@@ -75,3 +84,14 @@ class Supervisor:
                 log.error("restarting %s failed: %s", slug, exc)
                 history.deaths.append(now)
                 history.next_attempt = now + min(self._max_backoff, self._base_backoff * 2 ** len(history.deaths))
+
+    def observe_bridges(self) -> None:
+        """Record restarts of server processes inside containers (e.g. one the OOM killer ended)."""
+        for slug, container_id, restarts, last_exit in self._deployments.bridge_reports():
+            seen_container, seen = self._bridge_restarts.get(slug, (container_id, 0))
+            if seen_container != container_id:
+                seen = 0  # a new container's bridge counts from zero
+            if restarts > seen:
+                self._deployments.record_process_restarts(slug, restarts - seen, last_exit)
+                log.warning("server %s restarted its process %d time(s): %s", slug, restarts - seen, last_exit)
+            self._bridge_restarts[slug] = (container_id, restarts)
