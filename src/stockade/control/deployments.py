@@ -168,8 +168,12 @@ class Deployments:
             session.flush()
             return DeploymentView.of(row)
 
-    def start(self, slug: str) -> DeploymentView:
-        """Run the deployment's container and wait until its bridge is ready (blocking)."""
+    def start(self, slug: str, *, status_on_failure: str = "failed") -> DeploymentView:
+        """Run the deployment's container and wait until its bridge is ready (blocking).
+
+        On failure the deployment is left in `status_on_failure` with the error: `failed` for a
+        request a person made, `restarting` for the supervisor, which tries again with backoff.
+        """
         with self._db.session() as session:
             row = self._row(session, slug)
             entry = self.catalog.get(row.entry)
@@ -185,10 +189,10 @@ class Deployments:
                 entry, slug=slug, deployment_id=deployment_id, env=env, bridge_token=token
             )
         except StockadeError as exc:
-            self._set_status(slug, "failed", error=str(exc))
+            self._set_status(slug, status_on_failure, error=str(exc))
             raise
         except Exception as exc:  # an engine failure we did not anticipate must still be recorded
-            self._set_status(slug, "failed", error=f"{type(exc).__name__}: {exc}")
+            self._set_status(slug, status_on_failure, error=f"{type(exc).__name__}: {exc}")
             raise DeploymentError(f"deploying {slug!r} failed: {type(exc).__name__}: {exc}") from exc
         with self._db.session() as session:
             row = self._row(session, slug)

@@ -78,7 +78,7 @@ class Supervisor:
             if now < history.next_attempt:
                 continue
             try:
-                self._deployments.start(slug)
+                self._deployments.start(slug, status_on_failure="restarting")
                 log.info("server %s restarted", slug)
             except StockadeError as exc:
                 log.error("restarting %s failed: %s", slug, exc)
