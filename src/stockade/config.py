@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         description="OIDC issuer for JWT bearer tokens (JSON in STOCKADE_OIDC): issuer, role_map, and optionally "
         "audience (default: the gateway URL), algorithms, member_claim, role_claim, required_scopes, clock_skew_seconds.",
     )
+    audit_retention_days: int | None = Field(
+        default=365, ge=1, description="Audit records older than this are pruned hourly; unset keeps them all."
+    )
     public_url: str | None = Field(default=None, description="The gateway URL clients use, if not host:port.")
 
     master_key: SecretStr | None = Field(default=None, description="Base64 master key (else the key file).")
@@ -73,6 +76,11 @@ class Settings(BaseSettings):
     server_network_pool: str = Field(
         default="10.213.0.0/16",
         description="IPv4 pool for the per-server internal networks (a /28 each, avoiding routes in use).",
+    )
+    egress_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra name -> IP entries for the egress proxies' resolver (JSON in STOCKADE_EGRESS_HOSTS), "
+        "added to each proxy's /etc/hosts; an allowlisted name still may not resolve to a private or host address.",
     )
 
     token: SecretStr | None = Field(default=None, description="Admin token the CLI presents to the management API.")

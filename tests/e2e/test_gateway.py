@@ -185,3 +185,13 @@ def test_audit_chain_edit_is_caught_by_verify(deployed: RunningPlatform) -> None
     assert str(row["id"]) in broken.stdout and "edited" in broken.stdout
     deployed.sql("UPDATE audit SET outcome = 'ok' WHERE id = :id", id=row["id"])
     assert deployed.cli("audit", "verify").returncode == 0
+
+
+def test_audit_export_is_json_lines_with_hashes(deployed: RunningPlatform) -> None:
+    token = mint(deployed, "exporter")
+    anyio.run(call, f"{deployed.gateway_url}/servers/time/mcp", token, "get_current_time", {"timezone": "UTC"})
+    exported = deployed.cli("audit", "export", "--member", "exporter").stdout
+    records = [json.loads(line) for line in exported.splitlines()]
+    assert records and {r["member"] for r in records} == {"exporter"}
+    assert all(len(r["hash"]) == 64 and len(r["prev_hash"]) == 64 for r in records)
+    assert "get_current_time" in {r["tool"] for r in records}

@@ -103,3 +103,33 @@ def test_audit_records_hold_no_arguments(database: Database) -> None:
         "error_code", "request_id", "prev_hash", "hash"}
     assert log.query(member="nobody") == []
     assert [r.id for r in log.query(server="time", tool="get_current_time", outcome="ok")] == [1]
+
+
+def test_retention_prunes_and_the_chain_still_verifies(database: Database) -> None:
+    log = AuditLog(database)
+    _fill(log, 6)
+    with database.engine.begin() as connection:  # age the first four records
+        connection.execute(text("UPDATE audit SET ts = ts - INTERVAL '400 days' WHERE id <= 4")
+                           if database.engine.dialect.name == "postgresql"
+                           else text("UPDATE audit SET ts = datetime(ts, '-400 days') WHERE id <= 4"))
+    # the aged records' hashes no longer match their (edited) times: re-hash them as if written then
+    with database.session() as session:
+        from stockade.gateway.audit import record_digest
+        from stockade.store.models import AuditRecord
+
+        previous = "0" * 64
+        for record in session.query(AuditRecord).order_by(AuditRecord.id):
+            record.prev_hash = previous
+            record.hash = record_digest(record)
+            previous = record.hash
+    from datetime import UTC, datetime
+
+    assert log.prune(datetime.now(UTC) - timedelta(days=365)) == 4
+    assert [r.id for r in log.query()] == [5, 6]
+    with database.session() as session:
+        assert verify_database(session) == []
+    with database.engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit WHERE id = 5"))
+    with database.session() as session:
+        assert [p.record_id for p in verify_database(session)] == [6]
+    assert "".join(line.decode() for line in log.export_lines()).count("\n") == 1

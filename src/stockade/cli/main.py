@@ -313,6 +313,21 @@ def audit_list(
          columns=("id", "ts", "member", "server", "method", "tool", "latency_ms", "outcome", "error_code"), title="Audit")
 
 
+@audit_app.command("export")
+def audit_export(
+    member: Annotated[str | None, typer.Option()] = None,
+    server: Annotated[str | None, typer.Option()] = None,
+    tool: Annotated[str | None, typer.Option()] = None,
+    outcome: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-01T00:00:00Z")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time")] = None,
+) -> None:
+    """Matching records as JSON Lines on stdout."""
+    params = {k: v for k, v in dict(member=member, server=server, tool=tool, outcome=outcome, since=since,
+                                    until=until).items() if v is not None}
+    print(api().request("GET", "/audit/export", params=params, text=True), end="")
+
+
 @audit_app.command("verify")
 def audit_verify(as_json: JsonOption = False) -> None:
     """Check the hash chain; name every edited, inserted or deleted record. Exit 1 if broken."""

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
@@ -444,6 +445,25 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
             lambda: audit.query(member=member, server=server, tool=tool, outcome=outcome, since=since, until=until, limit=limit, after_id=after_id)
         )
         return [AuditOut.model_validate(r, from_attributes=True) for r in records]
+
+    @api.get("/audit/export", response_class=StreamingResponse)
+    async def export_audit(
+        member: str | None = None,
+        server: str | None = None,
+        tool: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> StreamingResponse:
+        """Every matching record as JSON Lines (hashes included, so an export can be verified)."""
+        lines = audit.export_lines(member=member, server=server, tool=tool, outcome=outcome, since=since, until=until)
+        return StreamingResponse(iterate_in_threadpool(lines), media_type="application/jsonl")
+
+    @api.post("/audit/prune")
+    async def prune_audit(older_than_days: Annotated[int, Query(ge=1, le=36500)]) -> dict[str, int]:
+        """Delete records older than the given age now (the retention setting does this hourly)."""
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        return {"deleted": await anyio.to_thread.run_sync(audit.prune, cutoff)}
 
     @api.get("/audit/verify")
     async def verify_audit() -> AuditVerifyOut:

@@ -26,7 +26,7 @@ from stockade.logs import configure_logging
 from stockade.orchestrator.runtime import Orchestrator
 from stockade.secrets import Sealer, load_master_key
 from stockade.store.database import Database
-from stockade.store.models import KeyCheck, Member
+from stockade.store.models import KeyCheck, Member, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,18 @@ class Platform:
             tasks.start_soon(stop_on_signal)
             tasks.start_soon(announce)
             if self.deployments is not None:
-                tasks.start_soon(Supervisor(self.deployments).run)
+                tasks.start_soon(Supervisor(self.deployments, retention=self._apply_retention).run)
             async with anyio.create_task_group() as serving:
                 for server in servers:
                     serving.start_soon(server.serve)
             tasks.cancel_scope.cancel()
+
+    def _apply_retention(self) -> None:
+        days = self.settings.audit_retention_days
+        if days is not None:
+            deleted = self.gateway.audit.prune(utcnow() - timedelta(days=days))
+            if deleted:
+                log.info("audit retention: removed %d records older than %d days", deleted, days)
 
     def close(self) -> None:
         self.database.close()

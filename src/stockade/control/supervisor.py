@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 BRIDGE_EVERY = 3  # passes between asking the bridges about their server processes
+RETENTION_EVERY = 3600  # passes between audit retention runs (hourly, and at start)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Supervisor:
         self,
         deployments: Deployments,
         *,
+        retention: Callable[[], None] | None = None,
         interval: float = 1.0,
         base_backoff: float = 1.0,
         max_backoff: float = 60.0,
@@ -50,6 +53,7 @@ class Supervisor:
         # (container id, restarts the bridge reported) per server, to count only new restarts.
         self._bridge_restarts: dict[str, tuple[str, int]] = {}
         self._passes = 0
+        self._retention = retention
 
     async def run(self) -> None:
         while True:
@@ -63,6 +67,8 @@ class Supervisor:
         self._passes += 1
         if self._passes % BRIDGE_EVERY == 0:
             self.observe_bridges()
+        if self._retention is not None and self._passes % RETENTION_EVERY == 1:
+            self._retention()
         now = time.monotonic()
         for slug, exit_reason in self._deployments.dead_instances():
             history = self._history.setdefault(slug, _History())

@@ -10,19 +10,21 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from stockade.store.database import Database
-from stockade.store.models import AuditRecord, utcnow
+from stockade.store.models import AuditAnchor, AuditRecord, utcnow
 
 GENESIS = "0" * 64
 _APPEND_ATTEMPTS = 20
+_EXPORT_BATCH = 1000
 _CHAIN_LOCK_KEY = 0x5740CADE  # any fixed number: the one advisory lock that guards the chain
 
 
@@ -102,6 +104,30 @@ class AuditLog:
             record.hash = record_digest(record)
             session.add(record)
 
+    def export_lines(self, **filters: Any) -> Iterator[bytes]:
+        """Matching records as JSON Lines, in batches (for downloads of any size)."""
+        after_id = 0
+        while records := self.query(**filters, limit=_EXPORT_BATCH, after_id=after_id):
+            yield "".join(json.dumps(record_dict(r), separators=(",", ":")) + "\n" for r in records).encode()
+            after_id = records[-1].id
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete records before `older_than`; the chain stays verifiable from an anchor. Returns the count."""
+        with self._lock, self._db.session() as session:
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
+            last = session.execute(
+                select(AuditRecord.id, AuditRecord.hash).where(AuditRecord.ts < older_than)
+                .order_by(AuditRecord.id.desc()).limit(1)
+            ).first()
+            if last is None:
+                return 0
+            count = session.execute(delete(AuditRecord).where(AuditRecord.id <= last.id)).rowcount or 0
+            anchor = session.get(AuditAnchor, 1) or AuditAnchor(id=1)
+            anchor.last_pruned_id, anchor.last_pruned_hash, anchor.pruned_at = last.id, last.hash, utcnow()
+            session.add(anchor)
+            return count
+
     def query(
         self,
         *,
@@ -131,16 +157,28 @@ class AuditLog:
             return list(session.scalars(statement))
 
 
+def record_dict(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": record.id, "ts": record.ts.isoformat(), "member": record.member, "token_id": record.token_id,
+        "server": record.server, "method": record.method, "tool": record.tool, "latency_ms": record.latency_ms,
+        "outcome": record.outcome, "error_code": record.error_code, "request_id": record.request_id,
+        "prev_hash": record.prev_hash, "hash": record.hash,
+    }
+
+
 @dataclass(frozen=True)
 class ChainProblem:
     record_id: int
     problem: str
 
 
-def verify_chain(records: Iterable[AuditRecord]) -> list[ChainProblem]:
-    """Check every record's own hash and its link to the one before; name each broken record."""
+def verify_chain(records: Iterable[AuditRecord], *, start: tuple[int, str] = (0, GENESIS)) -> list[ChainProblem]:
+    """Check every record's own hash and its link to the one before; name each broken record.
+
+    `start` is (id, hash) of the last record retention pruned, where the kept chain begins.
+    """
     problems: list[ChainProblem] = []
-    previous_hash, previous_id = GENESIS, 0
+    previous_id, previous_hash = start
     for record in records:
         if record.hash != record_digest(record):
             problems.append(ChainProblem(record.id, "edited: its contents do not match its hash"))
@@ -154,4 +192,6 @@ def verify_chain(records: Iterable[AuditRecord]) -> list[ChainProblem]:
 
 
 def verify_database(session: Session) -> list[ChainProblem]:
-    return verify_chain(session.scalars(select(AuditRecord).order_by(AuditRecord.id)))
+    anchor = session.get(AuditAnchor, 1)
+    start = (anchor.last_pruned_id, anchor.last_pruned_hash) if anchor else (0, GENESIS)
+    return verify_chain(session.scalars(select(AuditRecord).order_by(AuditRecord.id)), start=start)

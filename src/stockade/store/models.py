@@ -164,3 +164,14 @@ class RateBucket(Base):
     member: Mapped[str] = mapped_column(String(64), primary_key=True)
     tokens: Mapped[float] = mapped_column()
     updated: Mapped[float] = mapped_column()  # seconds since the epoch, by the database's clock
+
+
+class AuditAnchor(Base):
+    """Where the kept audit chain starts after retention pruned older records (one row)."""
+
+    __tablename__ = "audit_anchor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_pruned_id: Mapped[int] = mapped_column(Integer)
+    last_pruned_hash: Mapped[str] = mapped_column(String(64))
+    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,7 +98,6 @@ SECURITY_HEADERS = {
 MEMBER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 TOKEN_TTLS = {"7": 7, "30": 30, "90": 90, "365": 365, "never": None}
 AUDIT_PAGE_SIZES = (25, 50, 100, 250)
-EXPORT_BATCH = 1000
 CHART_WINDOWS = {"1h": (timedelta(hours=1), 12), "24h": (timedelta(hours=24), 24), "7d": (timedelta(days=7), 28)}
 CHART_MAX_ROWS = 200_000
 BUSY_STATES = {"pending", "deploying", "restarting"}
@@ -956,21 +955,8 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         await ui.require(request)
         filters, _ = _audit_filters(request)
 
-        def batches() -> Iterator[bytes]:
-            after_id = 0
-            while True:
-                records = gateway.audit.query(**filters, limit=EXPORT_BATCH, after_id=after_id)
-                if not records:
-                    return
-                yield "".join(json.dumps({
-                    "id": r.id, "ts": r.ts.isoformat(), "member": r.member, "token_id": r.token_id, "server": r.server,
-                    "method": r.method, "tool": r.tool, "latency_ms": r.latency_ms, "outcome": r.outcome,
-                    "error_code": r.error_code, "request_id": r.request_id, "prev_hash": r.prev_hash, "hash": r.hash,
-                }, separators=(",", ":")) + "\n" for r in records).encode()
-                after_id = records[-1].id
-
         stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
-        return StreamingResponse(batches(), media_type="application/jsonl",
+        return StreamingResponse(gateway.audit.export_lines(**filters), media_type="application/jsonl",
                                  headers={"Content-Disposition": f'attachment; filename="stockade-audit-{stamp}.jsonl"'})
 
     # -- verification ------------------------------------------------------------------------------------------
