@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -66,7 +67,7 @@ async def load(platform: RunningPlatform, token: str, slug: str, calls: int, con
 
 def test_calls_under_concurrency_all_succeed_and_are_audited(reliable: RunningPlatform) -> None:
     token = deploy(reliable, "probe", "loaded")
-    calls = 600  # scripts/reliability runs 10,000
+    calls = int(os.environ.get("STOCKADE_RELIABILITY_CALLS", "600"))  # scripts/reliability runs 10,000
     statuses = asyncio.run(load(reliable, token, "loaded", calls, 50))
     assert statuses.count(200) == calls, {s: statuses.count(s) for s in set(statuses)}
     with reliable.api() as api:
