@@ -1,13 +1,14 @@
-"""Latency and throughput of the bridge against a direct stdio baseline (and mcp-proxy as a peer).
+"""Latency and throughput of the bridge and the full stack against a direct stdio baseline.
 
-    .venv/bin/python benchmarks/bridge_bench.py [--calls 2000] [--concurrency 20]
-        [--mcp-proxy PATH-TO-mcp-proxy-EXECUTABLE]
+    .venv/bin/python benchmarks/bridge_bench.py [--server time|echo] [--calls 2000] [--concurrency 20]
+        [--mcp-proxy PATH-TO-mcp-proxy-EXECUTABLE] [--gateway URL --token TOKEN]
 
-Every target serves the same stdio server (tests/fixtures/fixture_server.py) and is called with
-`tools/call echo` by `--concurrency` concurrent callers. Prints p50/p99 latency and calls/s per
-target; asserts nothing. Loopback only. mcp-proxy (PyPI, pins mcp<2) must live in its own virtual
-environment, e.g. `python3 -m venv /tmp/mp && /tmp/mp/bin/pip install mcp-proxy`, then pass
-`--mcp-proxy /tmp/mp/bin/mcp-proxy`; it is skipped otherwise.
+`--server time` serves `mcp-server-time` (`get_current_time`); `--server echo` the fixture
+server's trivial `echo` (bridge-only overhead). Each target is measured twice: sequentially (one
+caller: p50/p99 latency) and with `--concurrency` callers (calls/s). `--gateway` adds the full
+stack: a running Stockade gateway URL of a deployed `time` server (`.../servers/time/mcp`) and a
+member token. Prints figures; asserts nothing. Loopback and the project's own containers only.
+mcp-proxy (PyPI, pins mcp<2) must live in its own virtualenv: pass `--mcp-proxy PATH`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ import httpx2
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = [sys.executable, str(REPO / "tests" / "fixtures" / "fixture_server.py")]
+SERVERS = {
+    # name: (stdio command, tool, arguments of call i, check of the answer text)
+    "echo": (FIXTURE, "echo", lambda i: {"text": f"m{i}"}, lambda i, text: text == f"m{i}"),
+    "time": ([sys.executable, "-m", "mcp_server_time"], "get_current_time", lambda i: {"timezone": "UTC"},
+             lambda i, text: "UTC" in text),
+}
+SERVER = SERVERS["echo"]
 TOKEN = "bench-token-0123456789"
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
 
@@ -61,7 +69,7 @@ class StdioTarget:
 
     async def __aenter__(self) -> StdioTarget:  # noqa: PYI034
         self.process = await asyncio.create_subprocess_exec(
-            *FIXTURE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, limit=2**24)
+            *SERVER[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, limit=2**24)
         self.pending: dict[int, asyncio.Future[dict]] = {}
         self.reader = asyncio.create_task(self._read())
         self.next_id = 0
@@ -95,8 +103,8 @@ class StdioTarget:
         return await asyncio.wait_for(future, 60)
 
     async def call(self, i: int) -> None:
-        answer = await self.request("tools/call", {"name": "echo", "arguments": {"text": f"m{i}"}})
-        assert answer["result"]["content"][0]["text"] == f"m{i}", answer
+        answer = await self.request("tools/call", {"name": SERVER[1], "arguments": SERVER[2](i)})
+        assert SERVER[3](i, answer["result"]["content"][0]["text"]), answer
 
 
 class HttpTarget:
@@ -106,9 +114,9 @@ class HttpTarget:
         self.name, self.argv, self.url, self.headers, self.env = name, argv, url, headers, env
 
     async def __aenter__(self) -> HttpTarget:  # noqa: PYI034
-        self.process = subprocess.Popen(self.argv,  # noqa: ASYNC220 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, env=self.env, start_new_session=True)
-        if "--bootstrap-stdin" in self.argv:
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
+                                        stderr=subprocess.DEVNULL, env=self.env, start_new_session=True) if self.argv else None
+        if self.argv and "--bootstrap-stdin" in self.argv:
             self.process.stdin.write(json.dumps({"token": TOKEN, "env": {}}).encode() + b"\n")  # type: ignore[union-attr]
             self.process.stdin.flush()  # type: ignore[union-attr]
         self.http = httpx2.AsyncClient(headers=self.headers, timeout=60,
@@ -140,6 +148,8 @@ class HttpTarget:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
+        if self.process is None:
+            return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -152,10 +162,10 @@ class HttpTarget:
 
     async def call(self, i: int) -> None:
         response = await self.http.post(self.url, json={"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-                                                        "params": {"name": "echo", "arguments": {"text": f"m{i}"}}},
+                                                        "params": {"name": SERVER[1], "arguments": SERVER[2](i)}},
                                         headers=self._headers())
         answer = _messages(response)[-1]
-        assert answer["result"]["content"][0]["text"] == f"m{i}", answer
+        assert SERVER[3](i, answer["result"]["content"][0]["text"]), answer
 
 
 def _messages(response: httpx2.Response) -> list[dict]:
@@ -164,38 +174,60 @@ def _messages(response: httpx2.Response) -> list[dict]:
     return [response.json()]
 
 
+def bridge_rss_mb(target: HttpTarget) -> str:
+    """Resident memory of the bridge process alone (not its server), from /proc."""
+    if target.process is None:
+        return ""
+    try:
+        status = Path(f"/proc/{target.process.pid}/status").read_text()
+    except OSError:
+        return ""
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return f"{kb / 1024:.1f} MB"
+
+
 async def measure(target: StdioTarget | HttpTarget, calls: int, concurrency: int) -> str:
     async with target:
+        idle = bridge_rss_mb(target) if isinstance(target, HttpTarget) and "bridge" in target.name else ""
         await drive(target.call, min(200, calls), concurrency)  # warm-up
-        latencies, elapsed = await drive(target.call, calls, concurrency)
-    latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
-    return f"{target.name:<28} {p50:9.2f} {p99:9.2f} {calls / elapsed:10.0f}"
+        sequential, _ = await drive(target.call, min(500, calls), 1)
+        _, elapsed = await drive(target.call, calls, concurrency)
+    sequential.sort()
+    p50 = statistics.median(sequential) * 1000
+    p99 = sequential[max(0, int(len(sequential) * 0.99) - 1)] * 1000
+    return f"{target.name:<28} {p50:9.2f} {p99:9.2f} {calls / elapsed:12.0f} {idle:>10}"
 
 
 async def main() -> None:
+    global SERVER
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", choices=sorted(SERVERS), default="time")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--mcp-proxy", help="path to an mcp-proxy executable (own virtualenv)")
+    parser.add_argument("--gateway", help="MCP URL of a deployed time server on a running gateway")
+    parser.add_argument("--token", help="member token for --gateway")
     args = parser.parse_args()
+    SERVER = SERVERS[args.server]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
     bridge_port = free_port()
     targets: list[StdioTarget | HttpTarget] = [
         StdioTarget(),
         HttpTarget("stockade bridge", [sys.executable, "-m", "stockade.bridge", "--host", "127.0.0.1", "--port",
                                        str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--",
-                                       *FIXTURE],
+                                       *SERVER[0]],
                    f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, env),
     ]
+    if args.gateway and args.server == "time":
+        targets.append(HttpTarget("stockade full stack", [], args.gateway, {"authorization": f"Bearer {args.token}"}, env))
     if args.mcp_proxy:
         port = free_port()
         targets.append(HttpTarget("mcp-proxy (PyPI)", [args.mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
-                                                       "--pass-environment", *FIXTURE],
+                                                       "--pass-environment", *SERVER[0]],
                                   f"http://127.0.0.1:{port}/mcp", {}, env))
-    print(f"tools/call echo, {args.calls} calls, {args.concurrency} concurrent callers")
-    print(f"{'target':<28} {'p50 ms':>9} {'p99 ms':>9} {'calls/s':>10}")
+    print(f"tools/call {SERVER[1]}: sequential p50/p99 over up to 500 calls; calls/s over {args.calls} calls "
+          f"with {args.concurrency} concurrent callers")
+    print(f"{'target':<28} {'p50 ms':>9} {'p99 ms':>9} {'calls/s @' + str(args.concurrency):>12} {'idle RSS':>10}")
     for target in targets:
         try:
             print(await measure(target, args.calls, args.concurrency), flush=True)

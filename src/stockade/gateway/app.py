@@ -88,6 +88,11 @@ class Gateway:
                 raise AuthenticationError("this member has been offboarded")
         return identity.principal(role_rules(rules))
 
+    async def throttle(self, principal: Principal) -> JSONResponse | None:
+        """None when the member may make another request now, else the 429 to send."""
+        wait = await anyio.to_thread.run_sync(self.limiter.acquire, principal.member)
+        return too_many_requests(wait) if wait > 0 else None
+
     async def end_upstream_session(self, slug: str, session_id: str) -> None:
         upstream = await self.directory.resolve(slug)
         if upstream is None or self.http is None:
@@ -177,9 +182,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         except (AuthenticationError, InsufficientScope) as exc:
             await refused(gateway, request, exc)(scope, receive, send)
             return
-        wait = await anyio.to_thread.run_sync(gateway.limiter.acquire, principal.member)
-        if wait > 0:
-            await too_many_requests(wait)(scope, receive, send)
+        if (limited := await gateway.throttle(principal)) is not None:
+            await limited(scope, receive, send)
             return
         session_id = request.headers.get("mcp-session-id")
         if session_id is not None and not gateway.streams.claim_session(AGGREGATE, session_id, principal.member, principal.token_id):
@@ -197,9 +201,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
             principal = await gateway.principal(request)
         except (AuthenticationError, InsufficientScope) as exc:
             return refused(gateway, request, exc)
-        wait = await anyio.to_thread.run_sync(gateway.limiter.acquire, principal.member)
-        if wait > 0:
-            return too_many_requests(wait)
+        if (limited := await gateway.throttle(principal)) is not None:
+            return limited
         upstream = await gateway.directory.resolve(slug)
         if upstream is None:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, f"no running server named {slug!r}")
@@ -264,6 +267,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
             principal = await gateway.principal(request)
         except (AuthenticationError, InsufficientScope) as exc:
             return refused(gateway, request, exc)
+        if (limited := await gateway.throttle(principal)) is not None:
+            return limited
         proxy: McpProxy = request.app.state.proxy
         listing: list[dict[str, Any]] = []
         for upstream in await gateway.directory.running():
