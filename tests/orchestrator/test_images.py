@@ -50,10 +50,14 @@ def test_image_runs_as_nobody_with_the_bridge_entrypoint(engine: docker.DockerCl
 
 
 def _run(engine: docker.DockerClient, image: str, *command: str, entrypoint: str) -> str:
-    output = engine.containers.run(image, list(command), entrypoint=[entrypoint], network_mode="none",
-                                   cap_drop=["ALL"], read_only=True, remove=True, stdout=True, stderr=True,
-                                   security_opt=["no-new-privileges:true"])
-    return output.decode()
+    container = engine.containers.create(image, list(command), entrypoint=[entrypoint], network_mode="none",
+                                         cap_drop=["ALL"], read_only=True, security_opt=["no-new-privileges:true"])
+    try:  # a missing entrypoint fails at start: the created container is removed all the same
+        container.start()
+        container.wait(timeout=120)
+        return container.logs(stdout=True, stderr=True).decode()
+    finally:
+        container.remove(force=True)
 
 
 def test_server_and_bridge_are_installed(engine: docker.DockerClient, time_image: BuiltImage) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from stockade.cli import k8s
 from stockade.cli.client import ApiClient
+from stockade.cli.verify import verify_command
 from stockade.cli.output import console, emit, errors
 from stockade.config import Settings, load_settings
 from stockade.errors import StockadeError
@@ -25,6 +26,7 @@ app.add_typer(catalog_app, name="catalog")
 secrets_app = typer.Typer(no_args_is_help=True, help="Deployment variables and secrets (values are never shown).")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(k8s.app, name="k8s", help="Render and apply Kubernetes manifests for catalog entries.")
+app.command("verify")(verify_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -158,6 +160,8 @@ def deploy(
     with console.status(f"deploying {slug or server}…"):
         result = api().request("POST", "/deployments", json=body)
     emit(result, as_json=as_json, columns=DEPLOYMENT_COLUMNS)
+    if result.get("warning") and not as_json:
+        errors.print(f"[bold red]{result['warning']}[/bold red]", highlight=False)
 
 
 @app.command("servers")

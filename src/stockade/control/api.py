@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from stockade import metrics
-from stockade.catalog import SLUG_PATTERN
+from stockade.catalog import SLUG_PATTERN, NetworkProfile
 from stockade.control.deployments import Deployments, DeploymentView
 from stockade.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDenied, StockadeError
 from stockade.gateway.app import Gateway
@@ -57,6 +58,7 @@ class DeploymentOut(BaseModel):
     last_exit: str | None = Field(description="why it last died, e.g. 'out of memory'")
     variables: dict[str, datetime] = Field(description="variable name -> when it was set")
     endpoint: str = Field(description="MCP endpoint on the gateway")
+    warning: str | None = Field(default=None, description="set for the `open` network profile")
     created_at: datetime
     updated_at: datetime
 
@@ -189,7 +191,14 @@ def _token_out(token: Token) -> TokenOut:
     )
 
 
-def create_control_app(database: Database, deployments: Deployments, gateway: Gateway, *, data_dir: pathlib.Path) -> FastAPI:
+def create_control_app(
+    database: Database,
+    deployments: Deployments,
+    gateway: Gateway,
+    *,
+    data_dir: pathlib.Path,
+    verify: Callable[[], object] | None = None,
+) -> FastAPI:
     audit = gateway.audit
     gateway_url = gateway.public_url
 
@@ -199,7 +208,10 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         await anyio.to_thread.run_sync(audit.append, event)
 
     def view(d: DeploymentView) -> DeploymentOut:
-        return DeploymentOut(**d.__dict__, endpoint=f"{gateway_url}/servers/{d.slug}/mcp")
+        entry = deployments.catalog.get(d.entry)
+        warning = (f"WARNING: {d.slug!r} runs with the `open` network profile: it can reach any address on the "
+                   "internet (never the host or other servers)") if entry.network is NetworkProfile.open else None
+        return DeploymentOut(**d.__dict__, endpoint=f"{gateway_url}/servers/{d.slug}/mcp", warning=warning)
 
     async def require_admin(request: Request) -> Principal:
         presented = bearer_from_header(request.headers.get("authorization"))
@@ -482,7 +494,7 @@ def create_control_app(database: Database, deployments: Deployments, gateway: Ga
         return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api)
-    app.include_router(create_dashboard_router(database, deployments, gateway, data_dir=data_dir), prefix="/ui")
+    app.include_router(create_dashboard_router(database, deployments, gateway, data_dir=data_dir, verify=verify), prefix="/ui")
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +25,7 @@ from stockade.gateway.oidc import OidcConfig
 from stockade.gateway.pins import ToolPins
 from stockade.logs import configure_logging
 from stockade.orchestrator.runtime import Orchestrator
+from stockade.verify import run_verify
 from stockade.secrets import Sealer, load_master_key
 from stockade.store.database import Database
 from stockade.store.models import KeyCheck, Member, utcnow
@@ -106,7 +108,8 @@ class Platform:
         if gateway:
             servers.append(self._server(create_gateway_app(self.gateway), self.settings.gateway_host, self.settings.gateway_port))
         if self.deployments is not None:
-            control_app = create_control_app(self.database, self.deployments, self.gateway, data_dir=self.settings.data_dir)
+            control_app = create_control_app(self.database, self.deployments, self.gateway, data_dir=self.settings.data_dir,
+                                             verify=functools.partial(run_verify, self.settings))
             servers.append(self._server(control_app, self.settings.control_host, self.settings.control_port))
 
         async def stop_on_signal() -> None:

@@ -67,6 +67,7 @@ class Supervisor:
         self._passes += 1
         if self._passes % BRIDGE_EVERY == 0:
             self.observe_bridges()
+            self._deployments.orchestrator.record_egress_denials()
         if self._retention is not None and self._passes % RETENTION_EVERY == 1:
             self._retention()
         now = time.monotonic()

@@ -6,6 +6,7 @@
     images.py      ImageBuilder: offline, content-hashed, cached builds (never pulls)
     spec.py        container_spec: the hardened container as pure data
     firewall.py    host INPUT rules keeping each server's network away from the host
+    egress.py      network profiles (none/egress/open) and the per-server squid egress proxy
     subnets.py     a /28 per server network from settings.server_network_pool
     runtime.py     Orchestrator: deploy / remove / instances / status
     k8s/           rendering the same servers for Kubernetes (separate)

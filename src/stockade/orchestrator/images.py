@@ -137,6 +137,41 @@ class ImageBuilder:
             raise ImageBuildError(f"docker import did not produce {tag}")
         return tag
 
+    # -- the egress proxy (squid) ---------------------------------------------------------------------
+    def proxy_tag(self) -> str:
+        from stockade.orchestrator import egress
+
+        return f"{egress.PROXY_REPOSITORY}:{packages.DEBIAN_SUITE}-{packages.sha256_hex(egress.proxy_recipe())[:12]}"
+
+    def ensure_proxy_image(self) -> str:
+        """The local squid image of the egress proxies: Debian's squid debootstrapped on the host
+        (cached tarball) and `docker import`ed; never pulled, nothing installed in a container."""
+        from stockade.orchestrator import egress
+
+        tag = self.proxy_tag()
+        if self._local_image(tag) is not None:
+            return tag
+        with packages.file_lock(self.cache_dir / "locks" / "egress-import.lock"):
+            if self._local_image(tag) is not None:
+                return tag
+            tarball = egress.proxy_rootfs_tarball(self.cache_dir, self.settings.debian_mirror, self.progress)
+            repository, _, version = tag.partition(":")
+            self.progress(f"importing {tarball.name} as {tag}")
+            changes = [
+                f'LABEL {LABEL_MANAGED}="true" {LABEL_KIND}="egress-proxy"',
+                'ENV PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" LANG="C.UTF-8"',
+                f'USER {egress.PROXY_USER}',
+                'CMD ["/usr/sbin/squid", "-N"]',
+            ]
+            try:
+                self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version,
+                                                       changes=changes)
+            except docker.errors.APIError as exc:
+                raise ImageBuildError(f"docker import of the proxy rootfs failed: {exc.explanation or exc}") from None
+            if self._local_image(tag) is None:
+                raise ImageBuildError(f"docker import did not produce {tag}")
+            return tag
+
     # -- servers -------------------------------------------------------------------------------------
     def ensure_server_image(self, entry: CatalogEntry) -> BuiltImage:
         if entry.image is not None:

@@ -1,8 +1,10 @@
 """Running servers: one hardened container on one internal network per deployment.
 
-deploy = ensure image -> host firewall for the deployment's bridge interface -> internal network
--> container (spec.py) -> attach stdin, start, write the bootstrap line, close -> wait for the
-bridge's /ready (Bearer token) -> ServerInstance. Any failure removes what was made and raises
+deploy = ensure image -> host firewall for the deployment's bridge interface -> the server's network
+(internal; with NAT for the `open` profile) -> for `egress`: host firewall for an outbound network,
+the outbound network, the squid proxy (egress.py) on both networks, answering -> container
+(spec.py; proxy URL in its environment, resolvers per profile) -> attach stdin, start, write the
+bootstrap line, close -> wait for the bridge's /ready (Bearer token) -> ServerInstance. Any failure removes what was made and raises
 `DeploymentError` with the exit code and the last log lines (values of variables redacted).
 
 Everything here blocks (the docker SDK is synchronous): async callers use threads.
@@ -13,7 +15,9 @@ nothing re-sent.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import socket
 import threading
 import time
@@ -27,10 +31,11 @@ import docker.errors
 import httpx2
 from docker.types import IPAMConfig, IPAMPool
 
-from stockade.catalog import CatalogEntry
+from stockade import metrics
+from stockade.catalog import CatalogEntry, NetworkProfile
 from stockade.config import Settings
 from stockade.errors import DeploymentError, EngineError
-from stockade.orchestrator import firewall, subnets
+from stockade.orchestrator import egress, firewall, subnets
 from stockade.orchestrator.engine import connect_engine
 from stockade.orchestrator.images import BuiltImage, ImageBuilder
 from stockade.orchestrator.spec import (
@@ -48,6 +53,7 @@ from stockade.orchestrator.spec import (
 
 Progress = Callable[[str], None]
 LOG_LINES_ON_FAILURE = 30
+log = logging.getLogger("stockade.orchestrator")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ServerInstance:
     ip: str
     port: int
     entry: str = ""
+    network_profile: str = "none"
+    egress_proxy: str | None = None  # the name of the server's egress proxy container (profile egress)
 
     @property
     def endpoint(self) -> str:
@@ -104,6 +112,7 @@ class Orchestrator:
         # another Stockade on the same engine neither sees nor removes ours, and a slug may be
         # deployed by both.
         self.owner = owner_id(settings.data_dir)
+        self._denials_seen: dict[str, int] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------
     @property
@@ -174,6 +183,9 @@ class Orchestrator:
             instance = self._instance_of(container)
             if instance is not None:
                 firewall.block_host(self.key(instance.slug))
+                if instance.egress_proxy is not None:
+                    firewall.block_host(egress.outbound_key(self.key(instance.slug)))
+                    self._ensure_proxy_running(instance.slug)
                 found.append(instance)
         return sorted(found, key=lambda i: i.slug)
 
@@ -214,18 +226,36 @@ class Orchestrator:
                 bridge_token: str, image: BuiltImage, ready_timeout: float, secrets: list[str]) -> ServerInstance:
         say = self.progress
         net_name = network_name(slug, self.owner)
+        profile = entry.network
+        shape = egress.server_network_config(profile)
         labels = {LABEL_MANAGED: "true", LABEL_OWNER: self.owner, LABEL_SERVER: slug,
-                  LABEL_DEPLOYMENT: deployment_id, LABEL_ENTRY: entry.name}
+                  LABEL_DEPLOYMENT: deployment_id, LABEL_ENTRY: entry.name, egress.LABEL_PROFILE: profile.value}
+        try:
+            allowlist = egress.parse_allowlist(entry.egress)
+        except ValueError as exc:
+            raise DeploymentError(f"the egress allowlist of {entry.name!r} is invalid: {exc}") from None
+        if profile is NetworkProfile.open:
+            log.warning("SERVER %r USES THE 'open' NETWORK PROFILE: it can reach ANY address outside this host "
+                        "(NAT), with no allowlist; only the host itself and other servers stay unreachable", slug)
+            say(f"{slug}: WARNING: network profile 'open' -- unrestricted outbound network access")
 
         # 1. the host firewall first: the interface it names does not exist yet, so no window
         interface = firewall.block_host(self.key(slug))
-        # 2. the deployment's own network: internal (no route out), no masquerading
-        say(f"{slug}: creating network {net_name}")
-        network = self._create_network(net_name, interface, labels)
+        # 2. the deployment's own network: internal (no route out) unless the profile is `open`
+        say(f"{slug}: creating network {net_name} (profile {profile.value})")
+        network = self._create_network(net_name, interface, labels, internal=shape["internal"],
+                                       masquerade=shape["masquerade"], icc=shape["proxy"])
+        environment: dict[str, str] = {}
+        extra_labels = {egress.LABEL_PROFILE: profile.value}
+        if shape["proxy"]:
+            proxy_ip, proxy_name = self._start_proxy(slug, deployment_id, allowlist, network, labels)
+            environment = egress.proxy_environment(proxy_ip)
+            extra_labels[egress.LABEL_PROXY_NAME] = proxy_name
         # 3. the container
         spec = container_spec(entry, slug=slug, deployment_id=deployment_id, image=image.tag,
                               network_name=net_name, data_dir=self.settings.data_dir, bridge_port=BRIDGE_PORT,
-                              owner=self.owner)
+                              owner=self.owner, environment=environment, dns=shape["dns"],
+                              extra_labels=extra_labels)
         for mount in spec.mounts:
             self._prepare_mount(Path(mount.source), writable=not mount.read_only)
         container = self.client.containers.create(**spec.create_kwargs())
@@ -243,14 +273,102 @@ class Orchestrator:
         say(f"{slug}: ready at http://{ip}:{BRIDGE_PORT}")
         return ServerInstance(slug=slug, deployment_id=deployment_id, container_id=container.id,
                               container_name=container.name, network_id=network.id, network_name=net_name,
-                              ip=ip, port=BRIDGE_PORT, entry=entry.name)
+                              ip=ip, port=BRIDGE_PORT, entry=entry.name, network_profile=profile.value,
+                              egress_proxy=extra_labels.get(egress.LABEL_PROXY_NAME))
 
-    def _create_network(self, name: str, interface: str, labels: dict[str, str]) -> Any:
-        """An internal bridge network on a /28 of our pool (several tries: others allocate too)."""
+    def _start_proxy(self, slug: str, deployment_id: str, allowlist: tuple[egress.AllowRule, ...], network: Any,
+                     labels: dict[str, str]) -> tuple[str, str]:
+        """The server's squid: outbound network (host-blocked, NAT) + a pinned address on the server's
+        internal network; started and answering before the server exists. Returns (ip, name)."""
+        say = self.progress
+        image = self.builder.ensure_proxy_image()
+        out_name = egress.outbound_network_name(slug, self.owner)
+        out_interface = firewall.block_host(egress.outbound_key(self.key(slug)))
+        say(f"{slug}: creating outbound network {out_name} for the egress proxy")
+        outbound = self._create_network(out_name, out_interface, {**labels, egress.LABEL_ROLE: egress.ROLE_OUTBOUND},
+                                        internal=False, masquerade=True)
+        subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
+        out_subnet = outbound.attrs["IPAM"]["Config"][0]["Subnet"]
+        proxy_ip = str(subnet.broadcast_address - 1)
+        deny = [*egress.host_addresses(), self.settings.server_network_pool, str(subnet), out_subnet]
+        kwargs = egress.proxy_container_kwargs(
+            image=image, slug=slug, owner=self.owner, allowlist=[str(r) for r in allowlist],
+            outbound_network=out_name, listen_ip=proxy_ip, extra_hosts=self.settings.egress_hosts,
+            deny_addresses=deny)
+        kwargs["labels"][LABEL_DEPLOYMENT] = deployment_id
+        say(f"{slug}: starting egress proxy {kwargs['name']} ({len(allowlist)} allowed destinations)")
+        container = self.client.containers.create(**kwargs)
+        network.connect(container, ipv4_address=proxy_ip)
+        container.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection((proxy_ip, egress.PROXY_PORT), timeout=1):
+                    break
+            except OSError:
+                pass
+            container.reload()
+            if container.status not in ("created", "running", "restarting") or time.monotonic() >= deadline:
+                raise DeploymentError(f"the egress proxy of {slug!r} did not start",
+                                      hint=self._failure_details(container, []))
+            time.sleep(0.2)
+        return proxy_ip, container.name
+
+    def _proxy_containers(self, slug: str) -> list[Any]:
+        labelled = self.client.containers.list(all=True, filters={"label": [
+            f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", f"{egress.LABEL_PROXY_FOR}={slug}"]})
+        named = self.client.containers.list(
+            all=True, filters={"name": f"^/{egress.proxy_container_name(slug, self.owner)}$"})
+        return list({c.id: c for c in [*labelled, *named]}.values())
+
+    def _ensure_proxy_running(self, slug: str) -> None:
+        for container in self._proxy_containers(slug):
+            if container.status != "running":
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    log.error("cannot restart the egress proxy of %r: %s", slug, exc)
+
+    def egress_denials(self, slug: str) -> int:
+        """Requests the server's egress proxy refused (TCP_DENIED lines in its log); 0 without a proxy."""
+        total = 0
+        for container in self._proxy_containers(slug):
+            try:
+                text = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            except docker.errors.APIError:
+                continue
+            total += egress.count_denials(text)
+        return total
+
+    def record_egress_denials(self, slugs: list[str] | None = None) -> dict[str, int]:
+        """Bring `metrics.EGRESS_DENIALS` up to date (the control plane calls this periodically).
+
+        Returns the new denials per slug since the last call. A proxy that was recreated (count
+        going down) counts from zero again.
+        """
+        if slugs is None:
+            slugs = [i.slug for i in self.instances() if i.egress_proxy is not None]
+        added: dict[str, int] = {}
+        for slug in slugs:
+            count = self.egress_denials(slug)
+            seen = self._denials_seen.get(slug, 0)
+            delta = count - seen if count >= seen else count
+            self._denials_seen[slug] = count
+            if delta > 0:
+                metrics.EGRESS_DENIALS.labels(slug).inc(delta)
+            added[slug] = delta
+        return added
+
+    def _create_network(self, name: str, interface: str, labels: dict[str, str], *, internal: bool = True,
+                        masquerade: bool = False, icc: bool = False) -> Any:
+        """A bridge network on a /28 of our pool (several tries: others allocate too): internal
+        (no route out) unless asked otherwise; the host firewall (by interface) applies either way.
+        `icc` (container-to-container on the network) only where the server must reach its proxy:
+        that network holds exactly those two containers."""
         options = {
             "com.docker.network.bridge.name": interface,
-            "com.docker.network.bridge.enable_ip_masquerade": "false",
-            "com.docker.network.bridge.enable_icc": "false",
+            "com.docker.network.bridge.enable_ip_masquerade": "true" if masquerade else "false",
+            "com.docker.network.bridge.enable_icc": "true" if icc else "false",
         }
         used = subnets.engine_subnets(n.attrs for n in self.client.networks.list(greedy=False))
         try:
@@ -261,7 +379,7 @@ class Orchestrator:
         for _attempt, subnet in zip(range(8), candidates, strict=False):
             ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(subnet[1]))])
             try:
-                return self.client.networks.create(name, driver="bridge", internal=True, labels=labels,
+                return self.client.networks.create(name, driver="bridge", internal=internal, labels=labels,
                                                    check_duplicate=True, options=options, ipam=ipam)
             except docker.errors.APIError as exc:
                 last_error = str(exc.explanation or exc)
@@ -363,9 +481,18 @@ class Orchestrator:
                 pass
             except docker.errors.APIError as exc:
                 raise EngineError(f"cannot remove the container of {slug!r}: {exc.explanation or exc}") from None
-        name = network_name(slug, self.owner)
+        for container in self._proxy_containers(slug):
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise EngineError(f"cannot remove the egress proxy of {slug!r}: {exc.explanation or exc}") from None
+        self._denials_seen.pop(slug, None)
+        names = {network_name(slug, self.owner), egress.outbound_network_name(slug, self.owner)}
         networks = self.client.networks.list(filters={"label": self._labels(slug)})
-        networks += [n for n in self.client.networks.list(names=[name]) if n.name == name]
+        for name in names:
+            networks += [n for n in self.client.networks.list(names=[name]) if n.name == name]
         for network in {n.id: n for n in networks}.values():
             try:
                 network.remove()
@@ -374,6 +501,7 @@ class Orchestrator:
             except docker.errors.APIError as exc:
                 raise EngineError(f"cannot remove the network of {slug!r}: {exc.explanation or exc}") from None
         firewall.unblock_host(self.key(slug))
+        firewall.unblock_host(egress.outbound_key(self.key(slug)))
 
     def _instance_of(self, container: Any) -> ServerInstance | None:
         labels = container.labels or {}
@@ -387,4 +515,6 @@ class Orchestrator:
         return ServerInstance(slug=slug, deployment_id=labels.get(LABEL_DEPLOYMENT, ""), container_id=container.id,
                               container_name=container.name, network_id=network.get("NetworkID", ""),
                               network_name=net_name, ip=network["IPAddress"], port=BRIDGE_PORT,
-                              entry=labels.get(LABEL_ENTRY, ""))
+                              entry=labels.get(LABEL_ENTRY, ""),
+                              network_profile=labels.get(egress.LABEL_PROFILE, "none"),
+                              egress_proxy=labels.get(egress.LABEL_PROXY_NAME) or None)

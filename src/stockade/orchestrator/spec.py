@@ -8,8 +8,11 @@ What a server container gets, and why:
     seccomp profile;
   * a read-only root filesystem; only /tmp is writable (tmpfs, noexec, nosuid, 64 MiB);
   * memory == memory+swap (no swap), CPU and PID limits from the entry's resource profile;
-  * exactly one network, the deployment's own internal one (no published ports); the runtime
-    also keeps it away from the host's own addresses;
+  * exactly one network, the deployment's own (no published ports): internal for the `none` and
+    `egress` profiles, with outbound NAT for `open` (egress.py); the runtime keeps it away from the
+    host's own addresses in every profile;
+  * an environment holding only the egress proxy's URL (profile `egress`), and resolvers chosen by
+    the profile (`dns`);
   * NO secrets and NO bridge token in the environment, labels or command: both arrive as one JSON
     line on stdin (`stdin_open`), which `docker inspect` and `docker logs` never show;
   * never the engine's socket (nor a directory holding it) as a mount;
@@ -107,6 +110,8 @@ class ContainerSpec:
     )
     ipc_mode: str = "private"
     ports: Mapping[str, Any] = field(default_factory=dict)
+    # Resolvers handed to Docker's embedded DNS (egress.BLACKHOLE_DNS for `none`/`egress`: no upstream).
+    dns: tuple[str, ...] = ()
 
     def create_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `docker.DockerClient.containers.create`."""
@@ -139,6 +144,7 @@ class ContainerSpec:
             "detach": True,
             # never copy proxy settings from ~/.docker/config.json into the container's environment
             "use_config_proxy": False,
+            **({"dns": list(self.dns)} if self.dns else {}),
         }
 
 
@@ -200,7 +206,12 @@ def container_spec(
     data_dir: Path,
     bridge_port: int = BRIDGE_PORT,
     owner: str | None = None,
+    environment: Mapping[str, str] | None = None,
+    dns: tuple[str, ...] = (),
+    extra_labels: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
+    """`environment` holds only non-secret runtime settings (the egress proxy's URL); `dns` and
+    `extra_labels` come from the network profile (egress.py)."""
     limits = entry.resources.limits
     memory = limits.memory_mb * 1024 * 1024
     return ContainerSpec(
@@ -215,8 +226,9 @@ def container_spec(
             LABEL_DEPLOYMENT: deployment_id,
             LABEL_ENTRY: entry.name,
             **({LABEL_OWNER: owner} if owner else {}),
+            **dict(extra_labels or {}),
         },
-        environment={},
+        environment=dict(environment or {}),
         cap_drop=("ALL",),
         security_opt=("no-new-privileges:true",),
         read_only=True,
@@ -227,4 +239,5 @@ def container_spec(
         pids_limit=limits.pids,
         network=network_name,
         mounts=resolve_mounts(entry, data_dir),
+        dns=tuple(dns),
     )

@@ -281,6 +281,8 @@ def _verify_status(value: Any) -> VerifyCell:
         return VerifyCell("pass", detail)
     if value is False or (isinstance(value, str) and value.lower() in {"fail", "failed", "error"}):
         return VerifyCell("fail", detail)
+    if isinstance(value, str) and value.lower() in {"warn", "warning"}:
+        return VerifyCell("warn", detail)
     return VerifyCell("skip", detail or (str(value) if value is not None else ""))
 
 
@@ -587,10 +589,11 @@ def _tool_status(pin: Any) -> str:
 
 
 def create_dashboard_router(database: Database, deployments: Deployments, gateway: Gateway, *,
-                            data_dir: Path | None = None) -> APIRouter:
+                            data_dir: Path | None = None, verify: Callable[[], object] | None = None) -> APIRouter:
     """The dashboard's routes; mount with `app.include_router(..., prefix="/ui")`.
 
-    `data_dir` (for `verify/latest.json`) defaults to the configured `STOCKADE_DATA_DIR`.
+    `data_dir` (for `verify/latest.json`) defaults to the configured `STOCKADE_DATA_DIR`; `verify`
+    runs `stockade verify` (blocking) for the re-run button.
     """
     ui = Dashboard(database, deployments, gateway, data_dir=data_dir)
     router = APIRouter(route_class=_UIRoute, include_in_schema=False)
@@ -965,6 +968,19 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
             return [tuple(r) for r in session.execute(  # type: ignore[misc]
                 select(AuditRecord.ts, AuditRecord.latency_ms, AuditRecord.outcome)
                 .where(AuditRecord.ts >= start).order_by(AuditRecord.id).limit(CHART_MAX_ROWS))]
+
+    @route("/verification/run", name="ui_verification_run", methods=["POST"])
+    async def rerun_verification(request: Request) -> Response:
+        web, _ = await ui.require_post(request)
+        if verify is None:
+            web.flash("error", "This control plane cannot run verification; run `stockade verify` on the host.")
+        else:
+            try:
+                await anyio.to_thread.run_sync(verify)
+                web.flash("ok", "Verification finished; the matrix below is the new report.")
+            except StockadeError as exc:
+                web.flash("error", f"Verification could not run: {exc.message}")
+        raise _Redirect(ui.url(request, "ui_verification"))
 
     @route("/verification", name="ui_verification", methods=["GET"])
     async def verification(request: Request) -> Response:

@@ -1,0 +1,316 @@
+"""Fixtures of the isolation tests: a fake "internet" in a network namespace, real servers on the real engine.
+
+The internet: a network namespace created here, joined to the host by a veth pair, with addresses
+from TEST-NET-3 (203.0.113.0/24: documentation addresses, routed nowhere; they exist only in this
+namespace) and a host route to it. It runs small HTTP listeners on ports 80, 443 and 8443 that say
+which address and port answered. Test names (`*.example.test`) map to those addresses through
+`Settings.egress_hosts` (the proxies' /etc/hosts), never through a real resolver.
+
+Network etiquette: traffic goes only to this namespace, to the containers made here and to a
+listener on the host itself. Nothing skips: without Docker, root or `ip`, these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from stockade.catalog import Catalog, CatalogEntry
+from stockade.config import Settings
+from stockade.orchestrator.engine import connect_engine
+from stockade.orchestrator.images import BuiltImage, ImageBuilder
+
+HOST_SIDE = "203.0.113.1"
+ALLOWED_IP = "203.0.113.10"
+OTHER_IP = "203.0.113.11"
+WILD_IP = "203.0.113.12"
+INTERNET_PORTS = (80, 443, 8443)
+
+LISTENER = r"""
+import http.server, socketserver, sys, threading
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        host, port = self.connection.getsockname()[:2]
+        body = f"internet {host}:{port} host={self.headers.get('Host')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+servers = [Server(("0.0.0.0", int(p)), Handler) for p in sys.argv[1:]]
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+servers[0].serve_forever()
+"""
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+@dataclass
+class Internet:
+    netns: str
+    host_veth: str
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="session")
+def internet() -> Iterator[Internet]:
+    tag = secrets.token_hex(3)
+    netns, host_veth, ns_veth = f"stk-inet-{tag}", f"stkih{tag}", f"stkin{tag}"
+    route = sh("ip", "-4", "-o", "route", "show", "203.0.113.0/24", check=False).stdout.strip()
+    assert not route, f"203.0.113.0/24 is already routed on this host ({route}); a leftover of an earlier run?"
+    process = None
+    try:
+        sh("ip", "netns", "add", netns)
+        sh("ip", "link", "add", host_veth, "type", "veth", "peer", "name", ns_veth)
+        sh("ip", "link", "set", ns_veth, "netns", netns)
+        sh("ip", "addr", "add", f"{HOST_SIDE}/32", "dev", host_veth)
+        sh("ip", "link", "set", host_veth, "up")
+        sh("ip", "route", "add", "203.0.113.0/24", "dev", host_veth, "src", HOST_SIDE)
+        for ip in (ALLOWED_IP, OTHER_IP, WILD_IP):
+            sh("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ip}/24", "dev", ns_veth)
+        sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", netns, "ip", "link", "set", ns_veth, "up")
+        process = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", LISTENER,
+                                    *map(str, INTERNET_PORTS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready", process.stderr.read() if process.stderr else ""
+        # control: the host reaches the internet (so "unreachable" from a container means something)
+        for port in INTERNET_PORTS:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection((ALLOWED_IP, port), timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        yield Internet(netns=netns, host_veth=host_veth, process=process)
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        sh("ip", "route", "del", "203.0.113.0/24", "dev", host_veth, check=False)
+        sh("ip", "link", "del", host_veth, check=False)
+        sh("ip", "netns", "del", netns, check=False)
+
+
+class HostListener:
+    """A TCP listener on all host addresses (standing in for the gateway / control plane) that
+    records who connected."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.peers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                continue
+            self.peers.append(peer[0])
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture(scope="session")
+def host_listener() -> Iterator[HostListener]:
+    listener = HostListener()
+    yield listener
+    listener.close()
+
+
+def host_ipv4_addresses(device: str | None = None) -> list[str]:
+    out = sh("ip", "-4", "-o", "addr", "show", *(["dev", device] if device else [])).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines() if " lo " not in line and "inet " in line]
+
+
+@pytest.fixture(scope="session")
+def isolation_settings(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Settings:
+    [docker0] = host_ipv4_addresses("docker0")
+    return Settings(data_dir=tmp_path_factory.mktemp("isolation-data"), egress_hosts={
+        "allowed.example.test": ALLOWED_IP,
+        "other.example.test": OTHER_IP,
+        "sub.wild.example.test": WILD_IP,
+        "wild.example.test": WILD_IP,
+        # listed in the allowlist, but it is the host's own (private) address: must stay denied
+        "private.example.test": docker0,
+    })
+
+
+@pytest.fixture(scope="session")
+def engine(isolation_settings: Settings) -> Iterator[docker.DockerClient]:
+    client = connect_engine(isolation_settings)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def time_entry() -> CatalogEntry:
+    return Catalog.load().get("time")
+
+
+@pytest.fixture(scope="session")
+def time_image(engine: docker.DockerClient, isolation_settings: Settings, time_entry: CatalogEntry) -> BuiltImage:
+    return ImageBuilder(engine, isolation_settings).ensure_server_image(time_entry)
+
+
+PROBE = r"""
+import json, socket, sys
+
+def tcp(host, port):
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((host, port)); return "connected"
+    except OSError as exc:
+        return "error " + type(exc).__name__
+    finally:
+        s.close()
+
+def recv_all(s, limit=65536):
+    data = b""
+    while len(data) < limit:
+        try:
+            chunk = s.recv(4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+def status_of(data):
+    line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+def proxy_connect(proxy, target):
+    # CONNECT (what an HTTPS client does), then HTTP through the tunnel (our listener is plain HTTP)
+    host, port = proxy.rsplit(":", 1)
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((host, int(port)))
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        code = status_of(head)
+        if code != 200:
+            return f"status {code}"
+        s.sendall(f"GET / HTTP/1.0\r\nHost: {target}\r\n\r\n".encode())
+        body = recv_all(s)
+        return f"tunnel {status_of(body)} " + body.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+    except OSError as exc:
+        return "error " + type(exc).__name__
+    finally:
+        s.close()
+
+def proxy_get(proxy, url):
+    host, port = proxy.rsplit(":", 1)
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((host, int(port)))
+        netloc = url.split("/")[2]
+        s.sendall(f"GET {url} HTTP/1.0\r\nHost: {netloc}\r\n\r\n".encode())
+        data = recv_all(s)
+        code = status_of(data)
+        return f"status {code} " + (data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace") if code == 200 else "")
+    except OSError as exc:
+        return "error " + type(exc).__name__
+    finally:
+        s.close()
+
+def http_direct(host, port):
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((host, port))
+        s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = recv_all(s)
+        return f"status {status_of(data)} " + data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+    except OSError as exc:
+        return "error " + type(exc).__name__
+    finally:
+        s.close()
+
+def dns(name):
+    try:
+        return "resolved " + ",".join(sorted({a[4][0] for a in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)}))
+    except OSError as exc:
+        return "error " + type(exc).__name__
+
+def run(check):
+    kind, *args = check
+    return json.dumps(check), {"tcp": tcp, "connect": proxy_connect, "get": proxy_get, "dns": dns,
+                               "http": http_direct}[kind](*args)
+
+# independent checks run concurrently (bounded): timeouts do not add up
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(max_workers=16) as pool:
+    results = dict(pool.map(run, json.loads(sys.argv[1])))
+print(json.dumps(results))
+"""
+
+
+def probe(engine: docker.DockerClient, image: str, container_id: str, checks: list[list]) -> dict[str, str]:
+    """Checks run INSIDE the server's network namespace, as the server's user, without capabilities,
+    with the image's own python3. Keys are the JSON of each check."""
+    python = engine.images.get(image).attrs["Config"]["Entrypoint"][0]
+    output = engine.containers.run(
+        image, ["-c", PROBE, json.dumps(checks)], entrypoint=[python], network_mode=f"container:{container_id}",
+        user="65534:65534", cap_drop=["ALL"], security_opt=["no-new-privileges:true"], read_only=True,
+        remove=True, stdout=True, stderr=True, labels={"io.stockade.test": "probe"},
+    )
+    results = json.loads(output.decode().strip().splitlines()[-1])
+    return {key: value for key, value in results.items()}
+
+
+def key(*check: object) -> str:
+    return json.dumps(list(check))
+
+
+def data_dir_of(settings: Settings) -> Path:
+    return settings.data_dir
