@@ -156,6 +156,23 @@ def start_platform(data_dir: Path, **extra_env: str) -> RunningPlatform:
     return platform
 
 
+def wait_for(predicate, what: str, timeout: float = 120.0):  # noqa: ANN001, ANN201 - any truthy value
+    """Poll `predicate` until it returns something truthy (returned); fail naming `what` at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def remove_deployments(platform: RunningPlatform) -> None:
+    with platform.api() as api:
+        for deployment in api.get("/deployments").json():
+            api.delete(f"/deployments/{deployment['slug']}")
+
+
 def stop_platform(platform: RunningPlatform) -> None:
     if platform.process.poll() is None:
         platform.process.send_signal(signal.SIGTERM)
@@ -200,7 +217,5 @@ def platform(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Doc
     try:
         yield running
     finally:
-        with running.api() as api:
-            for deployment in api.get("/deployments").json():
-                api.delete(f"/deployments/{deployment['slug']}")
+        remove_deployments(running)
         stop_platform(running)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Self
@@ -15,7 +16,7 @@ from typing import Annotated, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stockade.errors import ConfigError
+from stockade.errors import ConfigError, ValidationFailed
 
 CATALOG_FORMAT_VERSION = 1
 SLUG_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
@@ -132,6 +133,19 @@ class CatalogEntry(_Strict):
         if len(names) != len(set(names)):
             raise ValueError("a variable is declared twice in required_env/optional_env")
         return self
+
+    def check_variables(self, env: Mapping[str, str], *, partial: bool = False) -> None:
+        """Refuse values for undeclared variables, and (unless `partial`) missing required ones."""
+        declared = {v.name for v in [*self.required_env, *self.optional_env]}
+        missing = [] if partial else sorted(v.name for v in self.required_env if not env.get(v.name))
+        unknown = sorted(set(env) - declared)
+        problems = []
+        if missing:
+            problems.append(f"missing required variables: {', '.join(missing)}")
+        if unknown:
+            problems.append(f"variables not declared by catalog entry {self.name!r}: {', '.join(unknown)}")
+        if problems:
+            raise ValidationFailed("; ".join(problems), hint=f"see `stockade catalog show {self.name}`")
 
     @property
     def secret_env_names(self) -> set[str]:

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from stockade.orchestrator.spec import owner_id
-from tests.conftest import RunningPlatform, start_platform, stop_platform
+from tests.conftest import RunningPlatform, remove_deployments, start_platform, stop_platform, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -50,9 +49,7 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Do
     try:
         yield platform
     finally:
-        with platform.api() as api:
-            for deployment in api.get("/deployments").json():
-                api.delete(f"/deployments/{deployment['slug']}")
+        remove_deployments(platform)
         stop_platform(platform)
 
 
@@ -67,15 +64,6 @@ async def current_time(url: str, token: str) -> str:
             result = await client.call_tool("get_current_time", {"timezone": "UTC"})
             return result.content[0].text
 
-
-def wait_for(predicate, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_missing_required_variable_is_refused_up_front(lifecycle: RunningPlatform, docker_client: docker.DockerClient) -> None:

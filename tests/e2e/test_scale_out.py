@@ -15,7 +15,15 @@ import docker
 import httpx2
 import pytest
 
-from tests.conftest import TEST_DATABASE, RunningPlatform, _wait_healthy, free_port, start_platform, stop_platform
+from tests.conftest import (
+    TEST_DATABASE,
+    RunningPlatform,
+    _wait_healthy,
+    free_port,
+    remove_deployments,
+    start_platform,
+    stop_platform,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -40,9 +48,7 @@ def fleet(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[tuple[
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
-        with control.api() as api:
-            for deployment in api.get("/deployments").json():
-                api.delete(f"/deployments/{deployment['slug']}")
+        remove_deployments(control)
         stop_platform(control)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import RunningPlatform, start_platform, stop_platform
+from tests.conftest import RunningPlatform, remove_deployments, start_platform, stop_platform
 
 PROBE_SOURCE = (Path(__file__).parent / "probe_server.py").read_text()
 
@@ -32,7 +32,5 @@ def reliable(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Doc
     try:
         yield platform
     finally:
-        with platform.api() as api:
-            for deployment in api.get("/deployments").json():
-                api.delete(f"/deployments/{deployment['slug']}")
+        remove_deployments(platform)
         stop_platform(platform)

@@ -14,19 +14,10 @@ import httpx2
 import pytest
 
 from stockade.orchestrator.spec import owner_id
-from tests.conftest import RunningPlatform, start_platform, stop_platform
+from tests.conftest import RunningPlatform, start_platform, stop_platform, wait_for
 
 pytestmark = pytest.mark.docker
 
-
-def wait_for(predicate, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def deploy(platform: RunningPlatform, server: str, slug: str) -> str:

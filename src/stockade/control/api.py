@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -162,6 +163,18 @@ class ToolPinOut(BaseModel):
 
 class ApproveIn(BaseModel):
     tools: list[str] | None = Field(default=None, description="names to approve; all when omitted")
+
+
+@dataclass
+class AuditFilters:
+    """The audit query parameters shared by listing and export."""
+
+    member: str | None = None
+    server: str | None = None
+    tool: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 class ChainProblemOut(BaseModel):
@@ -444,32 +457,17 @@ def create_control_app(
 
     @api.get("/audit")
     async def query_audit(
-        member: str | None = None,
-        server: str | None = None,
-        tool: str | None = None,
-        outcome: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        filters: AuditFilters = Depends(),
         after_id: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditOut]:
-        records = await anyio.to_thread.run_sync(
-            lambda: audit.query(member=member, server=server, tool=tool, outcome=outcome, since=since, until=until, limit=limit, after_id=after_id)
-        )
+        records = await anyio.to_thread.run_sync(lambda: audit.query(**vars(filters), limit=limit, after_id=after_id))
         return [AuditOut.model_validate(r, from_attributes=True) for r in records]
 
     @api.get("/audit/export", response_class=StreamingResponse)
-    async def export_audit(
-        member: str | None = None,
-        server: str | None = None,
-        tool: str | None = None,
-        outcome: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> StreamingResponse:
+    async def export_audit(filters: AuditFilters = Depends()) -> StreamingResponse:
         """Every matching record as JSON Lines (hashes included, so an export can be verified)."""
-        lines = audit.export_lines(member=member, server=server, tool=tool, outcome=outcome, since=since, until=until)
-        return StreamingResponse(iterate_in_threadpool(lines), media_type="application/jsonl")
+        return StreamingResponse(iterate_in_threadpool(audit.export_lines(**vars(filters))), media_type="application/jsonl")
 
     @api.post("/audit/prune")
     async def prune_audit(older_than_days: Annotated[int, Query(ge=1, le=36500)]) -> dict[str, int]:

@@ -19,7 +19,7 @@ import httpx2
 from sqlalchemy import select
 
 from stockade import metrics
-from stockade.catalog import SLUG_PATTERN, CatalogEntry
+from stockade.catalog import SLUG_PATTERN
 from stockade.control.directory import DeploymentDirectory, seal_context
 from stockade.errors import ConflictError, DeploymentError, NotFoundError, StockadeError, ValidationFailed
 from stockade.gateway.pins import ToolPins
@@ -71,19 +71,6 @@ def describe_exit(state: InstanceStatus) -> str:
     if state.exit_code is not None:
         return f"exited with code {state.exit_code}" + (f": {state.error}" if state.error else "")
     return f"not running ({state.state})" + (f": {state.error}" if state.error else "")
-
-
-def check_variables(entry: CatalogEntry, env: Mapping[str, str]) -> None:
-    declared = {v.name for v in [*entry.required_env, *entry.optional_env]}
-    missing = sorted(v.name for v in entry.required_env if not env.get(v.name))
-    unknown = sorted(set(env) - declared)
-    problems = []
-    if missing:
-        problems.append(f"missing required variables: {', '.join(missing)}")
-    if unknown:
-        problems.append(f"variables not declared by catalog entry {entry.name!r}: {', '.join(unknown)}")
-    if problems:
-        raise ValidationFailed("; ".join(problems), hint=f"see `stockade catalog show {entry.name}`")
 
 
 class Deployments:
@@ -143,7 +130,7 @@ class Deployments:
         slug = slug or entry.name
         if not re.fullmatch(SLUG_PATTERN, slug):
             raise ValidationFailed(f"slug {slug!r} is not valid", hint="lowercase letters, digits and '-', starting with a letter")
-        check_variables(entry, env)
+        entry.check_variables(env)
         deployment_id = str(uuid.uuid4())
         secret_names = entry.secret_env_names
         with self._db.session() as session:
@@ -273,10 +260,8 @@ class Deployments:
         with self._db.session() as session:
             row = self._row(session, slug)
             entry = self.catalog.get(row.entry)
+            entry.check_variables(values, partial=True)
             declared = {v.name: v for v in [*entry.required_env, *entry.optional_env]}
-            unknown = sorted(set(values) - set(declared))
-            if unknown:
-                raise ValidationFailed(f"variables not declared by catalog entry {entry.name!r}: {', '.join(unknown)}")
             empty = sorted(name for name, value in values.items() if not value and declared[name] in entry.required_env)
             if empty:
                 raise ValidationFailed(f"required variables cannot be empty: {', '.join(empty)}")

@@ -190,16 +190,7 @@ def _bootstrap_document(entry: CatalogEntry, bootstrap: Mapping[str, str] | None
     if not token:
         raise ValidationFailed(f"bootstrap for {entry.name!r} has no bridge token", hint="give the key 'token'")
     env = {k: v for k, v in bootstrap.items() if k != "token"}
-    declared = {v.name for v in [*entry.required_env, *entry.optional_env]}
-    missing = sorted(v.name for v in entry.required_env if not env.get(v.name))
-    unknown = sorted(set(env) - declared)
-    problems = []
-    if missing:
-        problems.append(f"missing required variables: {', '.join(missing)}")
-    if unknown:
-        problems.append(f"variables not declared by catalog entry {entry.name!r}: {', '.join(unknown)}")
-    if problems:
-        raise ValidationFailed("; ".join(problems), hint=f"see `stockade catalog show {entry.name}`")
+    entry.check_variables(env)
     return json.dumps({"token": token, "env": env}, sort_keys=True), False
 
 
