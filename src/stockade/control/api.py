@@ -74,6 +74,13 @@ class VariableOut(BaseModel):
     set_at: datetime
 
 
+class ResourceUseOut(BaseModel):
+    memory_bytes: int
+    memory_limit_bytes: int
+    cpu_percent: float
+    pids: int
+
+
 class MemberIn(BaseModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
     role: Annotated[str, Field(pattern=ROLE_PATTERN)] = "member"
@@ -307,6 +314,14 @@ def create_control_app(
     async def rotate_variables(slug: str, body: VariablesIn) -> DeploymentOut:
         """Set values and move the server onto them with a fresh container."""
         return view(await anyio.to_thread.run_sync(lambda: deployments.rotate(slug, body.env)))
+
+    @api.get("/deployments/{slug}/resources")
+    async def deployment_resources(slug: str) -> ResourceUseOut:
+        """Memory, CPU and process count of the server's container now."""
+        use = await anyio.to_thread.run_sync(deployments.resource_use, slug)
+        if use is None:
+            raise ConflictError(f"{slug!r} has no running container")
+        return ResourceUseOut(**use.__dict__)
 
     @api.get("/deployments/{slug}/logs", response_class=PlainTextResponse)
     async def deployment_logs(slug: str, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> PlainTextResponse:

@@ -29,7 +29,7 @@ from stockade.store.database import Database
 from stockade.store.models import Deployment, DeploymentVariable, utcnow
 
 if TYPE_CHECKING:
-    from stockade.orchestrator.runtime import InstanceStatus, Orchestrator
+    from stockade.orchestrator.runtime import InstanceStatus, Orchestrator, ResourceUse
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,10 @@ class Deployments:
             if value:
                 text = text.replace(value, "[redacted]")
         return REDACTOR.redact(text)
+
+    def resource_use(self, slug: str) -> ResourceUse | None:
+        self.get(slug)  # unknown names are a NotFoundError, not "no data"
+        return self.orchestrator.resource_use(slug)
 
     def stop(self, slug: str) -> DeploymentView:
         """Stop the server (container and network go; stored values stay for a later start)."""

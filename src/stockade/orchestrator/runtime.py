@@ -76,6 +76,14 @@ class ServerInstance:
 
 
 @dataclass(frozen=True)
+class ResourceUse:
+    memory_bytes: int
+    memory_limit_bytes: int
+    cpu_percent: float
+    pids: int
+
+
+@dataclass(frozen=True)
 class InstanceStatus:
     slug: str
     state: str  # created | running | restarting | exited | dead | paused | absent
@@ -220,6 +228,24 @@ class Orchestrator:
         if container is None:
             return ""
         return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
+
+    def resource_use(self, slug: str) -> ResourceUse | None:
+        """Memory and CPU use of the server's container now (one sample from the engine)."""
+        container = self._container(slug)
+        if container is None or container.status != "running":
+            return None
+        stats = container.stats(stream=False)
+        memory = stats.get("memory_stats", {})
+        cpu, precpu = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
+        cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - precpu.get("cpu_usage", {}).get("total_usage", 0)
+        system_delta = cpu.get("system_cpu_usage", 0) - precpu.get("system_cpu_usage", 0)
+        cpus = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or []) or 1
+        return ResourceUse(
+            memory_bytes=int(memory.get("usage", 0)),
+            memory_limit_bytes=int(memory.get("limit", 0)),
+            cpu_percent=round(100.0 * cpu_delta / system_delta * cpus, 1) if system_delta > 0 else 0.0,
+            pids=int(stats.get("pids_stats", {}).get("current", 0)),
+        )
 
     # -- deploy --------------------------------------------------------------------------------------
     def _deploy(self, entry: CatalogEntry, *, slug: str, deployment_id: str, env: Mapping[str, str],
