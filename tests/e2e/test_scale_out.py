@@ -78,3 +78,22 @@ def test_two_gateways_share_revocation_and_limits(fleet: tuple[RunningPlatform, 
         assert api.delete(f"/tokens/{minted['id']}").status_code == 200
     # the very next request through any gateway is refused
     assert [tools(gateway, token) for gateway in gateways] == [401, 401]
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    platform = start_platform(tmp_path, STOCKADE_RATE_LIMIT_PER_MINUTE="6", STOCKADE_RATE_LIMIT_BURST="3")
+    try:
+        with platform.api() as api:
+            api.post("/members", json={"name": "eager", "role": "member"})
+            token = api.post("/members/eager/tokens", json={}).json()["token"]
+        responses = [httpx2.get(f"{platform.gateway_url}/api/v1/tools", headers={"Authorization": f"Bearer {token}"})
+                     for _ in range(4)]
+        assert [r.status_code for r in responses] == [200, 200, 200, 429]
+        assert int(responses[-1].headers["retry-after"]) >= 1
+        assert responses[-1].json()["error"] == "rate_limited"
+        with platform.api() as api:  # another member has a bucket of its own
+            api.post("/members", json={"name": "patient", "role": "member"})
+            other = api.post("/members/patient/tokens", json={}).json()["token"]
+        assert tools(platform.gateway_url, other) == 200
+    finally:
+        stop_platform(platform)

@@ -101,7 +101,8 @@ AUDIT_PAGE_SIZES = (25, 50, 100, 250)
 CHART_WINDOWS = {"1h": (timedelta(hours=1), 12), "24h": (timedelta(hours=24), 24), "7d": (timedelta(days=7), 28)}
 CHART_MAX_ROWS = 200_000
 BUSY_STATES = {"pending", "deploying", "restarting"}
-NOT_WIRED = "Not available yet: the platform service for this action is still being built."
+LOG_TAILS = (50, 200, 1000)  # lines of a server's output the log page may show
+LOG_TAIL_DEFAULT = 200
 
 
 # -- sessions ------------------------------------------------------------------------------------
@@ -492,7 +493,7 @@ class Dashboard:
 
         html = self.templates.get_template(template).render(
             request=request, web=web, flashes=flashes, once=once, url=url, static=static,
-            csrf_field=CSRF_FIELD, csrf=web.csrf if web is not None else "", not_wired=NOT_WIRED, **context,
+            csrf_field=CSRF_FIELD, csrf=web.csrf if web is not None else "", **context,
         )
         return HTMLResponse(html, status_code=status)
 
@@ -557,23 +558,32 @@ class Dashboard:
 
     # -- deployments in the background ---------------------------------------------------------------
     def start_in_background(self, slug: str) -> None:
+        self.run_in_background(slug, lambda: self.deployments.start(slug), what="deploying")
+
+    def run_in_background(self, slug: str, work: Callable[[], object], *, what: str) -> bool:
+        """Run `work` (which (re)starts `slug`) in a thread; False when one is already under way.
+
+        While it runs the server's row shows as busy and polls. A failure of the start itself is
+        recorded on the deployment (its status and error, shown on the row) by `Deployments.start`.
+        """
         with self._starting_lock:
             if slug in self._starting:
-                return
+                return False
             self._starting.add(slug)
 
         def run() -> None:
             try:
-                self.deployments.start(slug)
+                work()
             except StockadeError as exc:
-                log.warning("deploying %s from the dashboard failed: %s", slug, exc.message)
+                log.warning("%s %s from the dashboard failed: %s", what, slug, exc.message)
             except Exception:
-                log.exception("deploying %s from the dashboard failed", slug)
+                log.exception("%s %s from the dashboard failed", what, slug)
             finally:
                 with self._starting_lock:
                     self._starting.discard(slug)
 
-        threading.Thread(target=run, name=f"ui-deploy-{slug}", daemon=True).start()
+        threading.Thread(target=run, name=f"ui-{what}-{slug}", daemon=True).start()
+        return True
 
     @property
     def starting(self) -> set[str]:
@@ -582,6 +592,24 @@ class Dashboard:
 
     def endpoint_of(self, slug: str) -> str:
         return f"{self.gateway.public_url}/servers/{slug}/mcp"
+
+
+def _fmt_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def _resource_figures(use: Any) -> dict[str, Any]:
+    """A `ResourceUse` as the figures the page shows."""
+    limit = int(use.memory_limit_bytes or 0)
+    return {"memory": _fmt_bytes(int(use.memory_bytes)), "memory_bytes": int(use.memory_bytes),
+            "limit": _fmt_bytes(limit) if limit else None,
+            "percent": round(100.0 * use.memory_bytes / limit, 1) if limit else None,
+            "cpu": f"{float(use.cpu_percent):.1f}", "pids": int(use.pids)}
 
 
 def _tool_status(pin: Any) -> str:
@@ -754,7 +782,8 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
                          "variables": sorted((name, name in secret_names, at) for name, at in d.variables.items()),
                          "busy": d.status in BUSY_STATES or d.slug in ui.starting,
                          "restarts": getattr(d, "restarts", 0), "last_exit": getattr(d, "last_exit", None),
-                         "can_stop": hasattr(deployments, "stop") and d.desired_state == "running"})
+                         "can_stop": hasattr(deployments, "stop") and d.desired_state == "running",
+                         "rotatable": [*entry.required_env, *entry.optional_env] if entry is not None else []})
         return rows
 
     @route("/servers", name="ui_servers", methods=["GET"])
@@ -794,6 +823,88 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         ui.start_in_background(slug)
         web.flash("ok", f"Restarting {slug}; its status below updates as it progresses.")
         raise _Redirect(ui.url(request, "ui_servers") + f"#server-{slug}")
+
+    def _rotate_context(slug: str) -> dict[str, Any]:
+        view = deployments.get(slug)
+        entry = deployments.catalog.get(view.entry)
+        return {"view": view, "entry": entry, "variables": [*entry.required_env, *entry.optional_env],
+                "set_at": dict(view.variables)}
+
+    @route("/servers/{slug}/rotate", name="ui_server_rotate", methods=["GET"])
+    async def rotate_page(request: Request, slug: str) -> Response:
+        """The rotate form as a page of its own (what the dialog shows; used without JavaScript)."""
+        web = await ui.require(request)
+        context = await anyio.to_thread.run_sync(_rotate_context, slug)
+        return ui.render(request, "rotate.html", web, page="servers", **context)
+
+    @route("/servers/{slug}/rotate", name="ui_server_rotate_post", methods=["POST"])
+    async def rotate_server(request: Request, slug: str) -> Response:
+        """Seal new values for declared variables and move the server onto them (in the background).
+
+        Blank fields keep their current value. Values are never echoed back, logged or kept here.
+        """
+        web, form = await ui.require_post(request)
+        back = ui.url(request, "ui_servers") + f"#server-{slug}"
+        context = await anyio.to_thread.run_sync(_rotate_context, slug)
+        values = {v.name: value for v in context["variables"] if (value := _field_raw(form, f"env.{v.name}"))}
+        del form
+        if not values:
+            web.flash("error", f"Nothing rotated on {slug}: enter a new value for at least one variable.")
+            raise _Redirect(back)
+        names = sorted(values)
+        try:
+            # Checked here so a refusal is shown now; the rotation itself runs in the background.
+            context["entry"].check_variables(values, partial=True)
+        except StockadeError as exc:
+            values.clear()
+            web.flash("error", f"Not rotated: {exc.message}. Values you entered were discarded; enter them again.")
+            raise _Redirect(back) from None
+
+        def work() -> None:
+            try:
+                deployments.rotate(slug, values)
+            finally:
+                values.clear()
+
+        if not ui.run_in_background(slug, work, what="rotating"):
+            values.clear()
+            web.flash("error", f"Not rotated: {slug} is already being (re)started. Wait for it, then try again.")
+            raise _Redirect(back)
+        web.flash("ok", f"Rotating {', '.join(names)} of {slug}: the new values are stored sealed and a fresh "
+                        "container starts with them; its status below updates as it progresses.")
+        raise _Redirect(back)
+
+    @route("/servers/{slug}/logs", name="ui_server_logs", methods=["GET"])
+    async def server_logs(request: Request, slug: str) -> Response:
+        """Resource use now and the last lines of the server's output (secret values redacted)."""
+        web = await ui.require(request)
+        try:
+            tail = int(request.query_params.get("tail", LOG_TAIL_DEFAULT))
+        except ValueError:
+            tail = LOG_TAIL_DEFAULT
+        tail = tail if tail in LOG_TAILS else LOG_TAIL_DEFAULT
+        view = await anyio.to_thread.run_sync(deployments.get, slug)
+        problems = []
+        try:
+            use = await anyio.to_thread.run_sync(deployments.resource_use, slug)
+        except StockadeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine could not be asked: say so, still show the logs
+            log.warning("resource use of %s could not be read: %s", slug, type(exc).__name__)
+            use = None
+            problems.append(f"Resource use could not be read from the container engine ({type(exc).__name__}).")
+        try:
+            text = await anyio.to_thread.run_sync(lambda: deployments.logs(slug, tail=tail))
+        except StockadeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as above: the page still shows what it can
+            log.warning("logs of %s could not be read: %s", slug, type(exc).__name__)
+            text = ""
+            problems.append(f"The log could not be read from the container engine ({type(exc).__name__}).")
+        lines = text.splitlines()[-tail:]
+        return ui.render(request, "server_logs.html", web, page="servers", view=view,
+                         use=_resource_figures(use) if use is not None else None, lines=lines, tail=tail,
+                         tails=LOG_TAILS, fetched_at=utcnow(), problems=problems)
 
     @route("/servers/{slug}/approve", name="ui_server_approve", methods=["POST"])
     async def approve_server_tools(request: Request, slug: str) -> Response:

@@ -35,12 +35,15 @@
   });
 
   // A closed dialog forgets what was typed into it (secret values must not linger in the page).
-  document.querySelectorAll("dialog").forEach(function (dialog) {
-    dialog.addEventListener("close", function () {
-      dialog.querySelectorAll("form").forEach(function (form) { form.reset(); });
-      if (dialog.returnFocusTo) { dialog.returnFocusTo.focus(); }
-    });
-  });
+  // ("close" does not bubble: listened for while capturing, so dialogs swapped in later are covered too.)
+  document.addEventListener("close", function (event) {
+    var dialog = event.target;
+    if (!dialog || dialog.tagName !== "DIALOG") { return; }
+    dialog.querySelectorAll("form").forEach(function (form) { form.reset(); });
+    var back = dialog.returnFocusTo;
+    if (back && !document.contains(back) && back.id) { back = document.getElementById(back.id); }
+    if (back && document.contains(back)) { back.focus(); }
+  }, true);
 
   function copy(text, button) {
     var done = function () {
