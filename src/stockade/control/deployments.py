@@ -295,6 +295,10 @@ class Deployments:
                 text = text.replace(value, "[redacted]")
         return REDACTOR.redact(text)
 
+    def egress_denials(self, slug: str) -> int:
+        """Requests the server's egress proxy refused (0 for servers without one)."""
+        return self.orchestrator.egress_denials(slug)
+
     def resource_use(self, slug: str) -> ResourceUse | None:
         self.get(slug)  # unknown names are a NotFoundError, not "no data"
         return self.orchestrator.resource_use(slug)

@@ -778,11 +778,14 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
                 secret_names = entry.secret_env_names
             except StockadeError:
                 entry, secret_names = None, set()
+            egress_denials = (deployments.egress_denials(d.slug)
+                              if entry is not None and entry.network is NetworkProfile.egress and d.status == "running"
+                              else None)
             rows.append({"view": d, "entry": entry, "endpoint": ui.endpoint_of(d.slug),
                          "variables": sorted((name, name in secret_names, at) for name, at in d.variables.items()),
                          "busy": d.status in BUSY_STATES or d.slug in ui.starting,
-                         "restarts": getattr(d, "restarts", 0), "last_exit": getattr(d, "last_exit", None),
-                         "can_stop": hasattr(deployments, "stop") and d.desired_state == "running",
+                         "restarts": d.restarts, "last_exit": d.last_exit, "egress_denials": egress_denials,
+                         "can_stop": d.desired_state == "running",
                          "rotatable": [*entry.required_env, *entry.optional_env] if entry is not None else []})
         return rows
 
