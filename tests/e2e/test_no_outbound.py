@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx2
 
-from tests.conftest import _wait_healthy, fresh_database_url, free_port
+from tests.conftest import _wait_healthy, free_port, fresh_database_url
 
 FAMILY = re.compile(r"sa_family=(AF_\w+)")
 ADDRESS = re.compile(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"')

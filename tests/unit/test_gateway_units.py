@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import anyio
 import pytest
 from hypothesis import given
@@ -11,7 +10,12 @@ from hypothesis import strategies as st
 from stockade.errors import ValidationFailed
 from stockade.gateway.pins import ToolPins, tool_digest
 from stockade.gateway.policy import Effect, Kind, Rule, is_allowed, parse_rules
-from stockade.gateway.ratelimit import DatabaseRateLimiter, MemoryRateLimiter, create_rate_limiter, retry_after_header
+from stockade.gateway.ratelimit import (
+    DatabaseRateLimiter,
+    MemoryRateLimiter,
+    create_rate_limiter,
+    retry_after_header,
+)
 from stockade.gateway.sse import event_json, replace_event_data, split_events
 from stockade.store.database import Database
 

@@ -16,6 +16,7 @@ from stockade.config import Settings
 from stockade.orchestrator.engine import connect_engine
 from stockade.orchestrator.images import BuiltImage, ImageBuilder
 from stockade.orchestrator.runtime import Orchestrator
+from tests.conftest import fresh_database_url
 
 PROGRESS: list[str] = []
 
@@ -27,9 +28,8 @@ def record(message: str) -> None:
 @pytest.fixture(scope="session")
 def verify_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data_dir: Path = tmp_path_factory.mktemp("verify-data")
-    database = data_dir / "stockade.db"
     # ports nobody listens on are fine: they must be unreachable from inside either way
-    return Settings(data_dir=data_dir, database_url=f"sqlite:///{database}")
+    return Settings(data_dir=data_dir, database_url=fresh_database_url(data_dir))
 
 
 @pytest.fixture(scope="session")

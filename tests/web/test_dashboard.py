@@ -281,7 +281,7 @@ def test_members_and_tokens_create_mint_once_revoke_offboard(watched: Watched) -
 
 # -- audit ----------------------------------------------------------------------------------------------
 def seed_audit(web: WebPlatform, events: list[AuditEvent]) -> None:
-    database = Database(f"sqlite:///{web.data_dir / 'stockade.db'}")
+    database = Database(web.platform.database_url)  # SQLite or PostgreSQL, whichever the platform runs on
     try:
         log = AuditLog(database)
         for event in events:
