@@ -369,14 +369,14 @@ def test_verification_page_shows_the_matrix_and_charts(watched: Watched) -> None
             {"server": "time", "check": "tools-list", "status": "pass"},
             {"server": "time", "check": "no-egress", "status": "pass"},
             {"server": "everything", "check": "tools-list", "status": "pass"},
-            {"server": "everything", "check": "no-egress", "status": "fail", "detail": "reached 1.1.1.1:443"},
+            {"server": "everything", "check": "no-egress", "status": "fail", "detail": "reached 203.0.113.9:443"},
         ],
     }))
     page.reload()
     matrix = page.locator("#verify-matrix")
     expect(matrix.locator("tbody tr")).to_have_count(2)
     expect(matrix.locator("tr", has_text="everything")).to_contain_text("fail")
-    expect(matrix.locator("tr", has_text="everything")).to_contain_text("reached 1.1.1.1:443")
+    expect(matrix.locator("tr", has_text="everything")).to_contain_text("reached 203.0.113.9:443")
     expect(matrix.locator("tr", has_text="time")).not_to_contain_text("fail")
     expect(page.get_by_text("failures")).to_be_visible()
     charts = page.locator("svg.chart")

@@ -67,7 +67,7 @@ DEFAULT_DNS_NAMESPACE = "kube-system"
 PULL_POLICIES = ("IfNotPresent", "Never", "Always")
 
 # `network: open` may reach any address except these: the private, shared (CGNAT), link-local
-# (cloud metadata at 169.254.169.254!) and loopback ranges in which clusters put their nodes, pods
+# (where clouds serve instance metadata) and loopback ranges in which clusters put their nodes, pods
 # and Services. A cluster whose pod or Service CIDR is public address space is NOT protected by this
 # list: extend it with `open_egress_except`.
 OPEN_EGRESS_EXCEPT_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8")
