@@ -81,4 +81,7 @@ def configure_logging(log_dir: Path, level: str) -> Path:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # One line per upstream request (health polls included) is noise at info level.
+    for name in ("httpx2", "httpcore2", "docker", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return path

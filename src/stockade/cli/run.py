@@ -56,7 +56,7 @@ def run_platform(
             lines.append(f"Management API: {settings.control_url}/api/v1 (OpenAPI: {settings.control_url}/api/openapi.json)")
             lines += ["", "MCP endpoints (Streamable HTTP, header 'Authorization: Bearer <token>'):"]
             for d in platform.deployments.list():
-                lines.append(f"  {d.slug:<12} {settings.gateway_url}/servers/{d.slug}/mcp   [{d.status}]")
+                lines.append(f"  {d.slug:<12} {settings.gateway_url}/servers/{d.slug}/mcp   ({d.status})")
             minted = mint_admin_token(platform.database, name=f"up-{datetime.now():%Y%m%d-%H%M%S}")
             lines += ["", f"Admin token (shown once, expires {minted.expires_at:%Y-%m-%d}):", f"  {minted.secret}",
                       "", "export STOCKADE_TOKEN=<admin token> to use the CLI."]
