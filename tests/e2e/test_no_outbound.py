@@ -49,6 +49,8 @@ def test_start_up_connects_only_locally(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        for child in children:  # killing strace alone would detach, not end, the platform
+            subprocess.run(["kill", "-KILL", child], check=False, capture_output=True)
     connects = [line for line in trace.read_text().splitlines() if "connect(" in line]
     assert connects, "strace saw no connect at all: the trace is not working"
     outside = []
