@@ -27,43 +27,40 @@ import json, os, socket, struct, sys, concurrent.futures as cf
 cfg = json.loads(sys.argv[1])
 out = {}
 
-def tcp(host, port, timeout=2.5):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+def attempt(kind, address, timeout, talk, refused="refused"):
+    """Open a socket to `address`, run `talk(sock)`, and name the outcome; never raises."""
+    s = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, kind)
     s.settimeout(timeout)
     try:
-        s.connect((host, port))
-        return "connected"
+        return talk(s)
     except socket.timeout:
         return "timeout"
     except ConnectionRefusedError:
-        return "refused"
+        return refused
     except OSError as exc:
         return "error: " + (exc.strerror or type(exc).__name__)
     finally:
         s.close()
 
+def first_line(data):
+    line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    return "answered: " + line if line else "closed"
+
+def tcp(host, port, timeout=2.5):
+    def talk(s):
+        s.connect((host, port))
+        return "connected"
+    return attempt(socket.SOCK_STREAM, (host, port), timeout, talk)
+
 def http_post(host, port, path, timeout=3.0):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}'
-    try:
+    def talk(s):
         s.connect((host, port))
         s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
                   b"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-        data = s.recv(256)
-        line = data.split(b"\r\n", 1)[0].decode(errors="replace")
-        return "answered: " + line if line else "closed"
-    except socket.timeout:
-        return "timeout"
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError as exc:
-        return "error: " + (exc.strerror or type(exc).__name__)
-    finally:
-        s.close()
+        return first_line(s.recv(256))
+    return attempt(socket.SOCK_STREAM, (host, port), timeout, talk)
 
 def resolve(name):
     try:
@@ -77,38 +74,17 @@ def resolve(name):
 def dns_udp(server, name, timeout=2.0):
     query = struct.pack(">HHHHHH", 0x5743, 0x0100, 1, 0, 0, 0)
     query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00" + struct.pack(">HH", 1, 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    try:
+    def talk(s):
         s.sendto(query, (server, 53))
-        data = s.recv(512)
-        return "answered: %d bytes" % len(data)
-    except socket.timeout:
-        return "timeout"
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError as exc:
-        return "error: " + (exc.strerror or type(exc).__name__)
-    finally:
-        s.close()
+        return "answered: %d bytes" % len(s.recv(512))
+    return attempt(socket.SOCK_DGRAM, (server, 53), timeout, talk)
 
 def via_proxy(proxy_host, proxy_port, target, timeout=4.0):
-    s = socket.socket(socket.AF_INET6 if ":" in proxy_host else socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
+    def talk(s):
         s.connect((proxy_host, proxy_port))
         s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
-        data = s.recv(256)
-        line = data.split(b"\r\n", 1)[0].decode(errors="replace")
-        return "answered: " + line if line else "closed"
-    except socket.timeout:
-        return "timeout"
-    except ConnectionRefusedError:
-        return "proxy refused"
-    except OSError as exc:
-        return "error: " + (exc.strerror or type(exc).__name__)
-    finally:
-        s.close()
+        return first_line(s.recv(256))
+    return attempt(socket.SOCK_STREAM, (proxy_host, proxy_port), timeout, talk, refused="proxy refused")
 
 jobs = {}
 with cf.ThreadPoolExecutor(max_workers=12) as pool:
