@@ -17,7 +17,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from stockade.catalog import Catalog, CatalogEntry
 from stockade.config import Settings
 from stockade.orchestrator.engine import connect_engine
 from stockade.orchestrator.images import BuiltImage, ImageBuilder
+from tests.listener import HostListener
 
 HOST_SIDE = "203.0.113.1"
 ALLOWED_IP = "203.0.113.10"
@@ -120,37 +120,6 @@ def internet() -> Iterator[Internet]:
         sh("ip", "route", "del", "203.0.113.0/24", "dev", host_veth, check=False)
         sh("ip", "link", "del", host_veth, check=False)
         sh("ip", "netns", "del", netns, check=False)
-
-
-class HostListener:
-    """A TCP listener on all host addresses (standing in for the gateway / control plane) that
-    records who connected."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.peers: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                continue
-            self.peers.append(peer[0])
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 @pytest.fixture(scope="session")

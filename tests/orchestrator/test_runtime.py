@@ -11,7 +11,6 @@ import json
 import secrets
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
 
 from .conftest import record
+from tests.listener import HostListener
 
 SLUG = "orch-test-time"
 OTHER_SLUG = "orch-test-other"
@@ -146,36 +146,6 @@ def _host_ipv4_addresses(device: str | None = None) -> list[str]:
     return [line.split()[3].split("/")[0] for line in out.splitlines() if " lo " not in line and "inet " in line]
 
 
-class Listener:
-    """A TCP listener on all host addresses that records who connected."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.peers: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                continue
-            self.peers.append(peer[0])
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 PROBE = r"""
 import json, socket, sys
 results = {}
@@ -214,7 +184,7 @@ def test_container_cannot_reach_the_host_but_the_host_reaches_it(
     assert network["IPAM"]["Config"][0].get("Gateway", gateway_ip) == gateway_ip
     [docker0_ip] = _host_ipv4_addresses("docker0")
     host_ips = sorted({gateway_ip, docker0_ip, *_host_ipv4_addresses()})
-    listener = Listener()
+    listener = HostListener()
     try:
         # control: the listener does answer on the host's addresses (from the host itself)
         for ip in (gateway_ip, docker0_ip):
