@@ -68,6 +68,11 @@ class Settings(BaseSettings):
 
     master_key: SecretStr | None = Field(default=None, description="Base64 master key (else the key file).")
     master_key_file: Path | None = Field(default=None, description="0600 key file; data_dir/master.key if unset.")
+    master_key_keyring: bool = Field(
+        default=False,
+        description="Keep the master key in the OS keyring (Secret Service, macOS Keychain, Windows Credential "
+        "Locker) instead of the key file.",
+    )
 
     docker_host: str | None = Field(default=None, description="Engine URL; else DOCKER_HOST, else the socket.")
     pull_policy: PullPolicy = PullPolicy.never
