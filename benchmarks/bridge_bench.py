@@ -1,21 +1,26 @@
-"""Latency and throughput of the bridge and the full stack against a direct stdio baseline.
+"""Latency and throughput of the bridge against a direct stdio baseline and mcp-proxy (a peer).
 
     .venv/bin/python benchmarks/bridge_bench.py [--server time|echo] [--calls 2000] [--concurrency 20]
-        [--mcp-proxy PATH-TO-mcp-proxy-EXECUTABLE] [--gateway URL --token TOKEN]
+        [--rounds 1] [--mcp-proxy PATH | --no-mcp-proxy] [--gateway URL --token TOKEN]
 
 `--server time` serves `mcp-server-time` (`get_current_time`); `--server echo` the fixture
-server's trivial `echo` (bridge-only overhead). Each target is measured twice: sequentially (one
-caller: p50/p99 latency) and with `--concurrency` callers (calls/s). `--gateway` adds the full
-stack: a running Stockade gateway URL of a deployed `time` server (`.../servers/time/mcp`) and a
-member token. Prints figures; asserts nothing. Loopback and the project's own containers only.
-mcp-proxy (PyPI, pins mcp<2) must live in its own virtualenv: pass `--mcp-proxy PATH`.
+server's trivial `echo` (bridge-only overhead). Each target is measured sequentially (one caller:
+p50/p99 latency) and with `--concurrency` callers (calls/s); `--rounds N` repeats everything N times
+(the machine is shared: report the range). `--gateway` adds the full stack: a running Stockade
+gateway URL of a deployed `time` server and a member token. Prints figures; asserts nothing.
+Loopback and the project's own containers only.
+
+The client is deliberately lean, so it measures the servers and not itself: raw HTTP/1.1 on one
+keep-alive connection per caller, request bodies pre-encoded (only the id is spliced in), answers
+checked by a byte search rather than parsed; the stdio baseline likewise writes pre-encoded lines
+and reads the id with a byte search. mcp-proxy (PyPI, pins mcp<2) lives in its own virtualenv:
+`--mcp-proxy PATH`, else it is pip-installed once into a cache directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -25,20 +30,34 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import httpx2
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = [sys.executable, str(REPO / "tests" / "fixtures" / "fixture_server.py")]
-SERVERS = {
-    # name: (stdio command, tool, arguments of call i, check of the answer text)
-    "echo": (FIXTURE, "echo", lambda i: {"text": f"m{i}"}, lambda i, text: text == f"m{i}"),
-    "time": ([sys.executable, "-m", "mcp_server_time"], "get_current_time", lambda i: {"timezone": "UTC"},
-             lambda i, text: "UTC" in text),
-}
-SERVER = SERVERS["echo"]
+CACHE = Path(os.environ.get("STOCKADE_TEST_CACHE", Path.home() / ".cache" / "stockade-tests"))
 TOKEN = "bench-token-0123456789"
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
+INIT = (b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+        b'"capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}')
+INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+class Server:
+    """A stdio server to measure: its command and one pre-encoded tools/call (the id spliced in)."""
+
+    def __init__(self, command: list[str], tool: str, arguments: bytes, expect: bytes) -> None:
+        self.command, self.expect = command, expect
+        self._head = b'{"jsonrpc":"2.0","id":'
+        self._tail = b',"method":"tools/call","params":{"name":"%s","arguments":%s}}' % (tool.encode(), arguments)
+
+    def call(self, request_id: int) -> bytes:
+        return self._head + str(request_id).encode() + self._tail
+
+
+SERVERS = {
+    "echo": Server(FIXTURE, "echo", b'{"text":"bench"}', b'"text":"bench"'),
+    "time": Server([sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"], "get_current_time",
+                   b'{"timezone":"UTC"}', b"UTC"),
+}
 
 
 def free_port() -> int:
@@ -47,107 +66,165 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def drive(call: Callable[[int], Awaitable[None]], calls: int, concurrency: int) -> tuple[list[float], float]:
+async def drive(call: Callable[[int, int], Awaitable[None]], calls: int, concurrency: int) -> tuple[list[float], float]:
+    """`calls` calls from `concurrency` callers (caller index, call number); latencies and elapsed."""
     latencies: list[float] = []
     counter = iter(range(calls))
 
-    async def worker() -> None:
+    async def worker(caller: int) -> None:
         for i in counter:
             start = time.perf_counter()
-            await call(i)
+            await call(caller, i)
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
     return latencies, time.perf_counter() - start
 
 
 class StdioTarget:
-    """The baseline: JSON-RPC over the server's own stdin/stdout, no HTTP."""
+    """The baseline: JSON-RPC lines on the server's own stdin/stdout, no HTTP."""
 
     name = "direct stdio"
+    process: asyncio.subprocess.Process | None = None
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
 
     async def __aenter__(self) -> StdioTarget:  # noqa: PYI034
         self.process = await asyncio.create_subprocess_exec(
-            *SERVER[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, limit=2**24)
-        self.pending: dict[int, asyncio.Future[dict]] = {}
+            *self.server.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            limit=2**24)
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.reader = asyncio.create_task(self._read())
         self.next_id = 0
-        await self.request("initialize", INIT)
-        self._write({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await self._request(lambda _: INIT, 0)
+        self.process.stdin.write(INITIALIZED + b"\n")  # type: ignore[union-attr]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.reader.cancel()
+        assert self.process is not None
         self.process.stdin.close()  # type: ignore[union-attr]
         try:
             await asyncio.wait_for(self.process.wait(), 5)
         except TimeoutError:
             self.process.kill()
 
-    def _write(self, message: dict) -> None:
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
-
     async def _read(self) -> None:
-        while line := await self.process.stdout.readline():  # type: ignore[union-attr]
-            message = json.loads(line)
-            future = self.pending.pop(message.get("id"), None)
+        stdout = self.process.stdout  # type: ignore[union-attr]
+        while line := await stdout.readline():
+            start = line.find(b'"id":')
+            if start < 0:
+                continue
+            end = start + 5
+            while line[end:end + 1].isdigit():
+                end += 1
+            future = self.pending.pop(int(line[start + 5:end] or -1), None)
             if future is not None:
-                future.set_result(message)
+                future.set_result(line)
 
-    async def request(self, method: str, params: dict) -> dict:
-        self.next_id += 1
+    async def _request(self, encode: Callable[[int], bytes], request_id: int) -> bytes:
         future = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = future
-        self._write({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        self.pending[request_id] = future
+        self.process.stdin.write(encode(request_id) + b"\n")  # type: ignore[union-attr]
         return await asyncio.wait_for(future, 60)
 
-    async def call(self, i: int) -> None:
-        answer = await self.request("tools/call", {"name": SERVER[1], "arguments": SERVER[2](i)})
-        assert SERVER[3](i, answer["result"]["content"][0]["text"]), answer
+    async def call(self, caller: int, i: int) -> None:
+        self.next_id += 1
+        answer = await self._request(self.server.call, self.next_id)
+        assert self.server.expect in answer, answer[:300]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; answers are JSON or an SSE stream (chunked or not)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def post(self, head: bytes, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        self.writer.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        headers: dict[bytes, bytes] = {}
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if b"content-length" in headers:
+            return status, headers, await self.reader.readexactly(int(headers[b"content-length"]))
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            chunks = []
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                chunks.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)
+            await self.reader.readuntil(b"\r\n")
+            return status, headers, b"".join(chunks)
+        return status, headers, await self.reader.read()
 
 
 class HttpTarget:
-    """A Streamable HTTP front (legacy session, JSON or SSE answers) started as a subprocess."""
+    """A Streamable HTTP front (legacy session, JSON or SSE answers), started as a subprocess."""
 
-    def __init__(self, name: str, argv: list[str], url: str, headers: dict[str, str], env: dict[str, str]) -> None:
-        self.name, self.argv, self.url, self.headers, self.env = name, argv, url, headers, env
+    def __init__(self, name: str, argv: list[str], url: str, headers: dict[str, str], server: Server,
+                 bootstrap: bool = False) -> None:
+        self.name, self.argv, self.url, self.server, self.bootstrap = name, argv, url, server, bootstrap
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.base_head = (f"POST {parts.path or '/'} HTTP/1.1\r\nhost: {parts.netloc}\r\n"
+                          "accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n"
+                          + "".join(f"{k}: {v}\r\n" for k, v in headers.items())).encode()
+        self.connections: list[Connection] = []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def _connect(self) -> Connection:
+        reader, writer = await asyncio.open_connection(self.host, self.port, limit=2**24)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Connection(reader, writer)
 
     async def __aenter__(self) -> HttpTarget:  # noqa: PYI034
-        self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
-                                        stderr=subprocess.DEVNULL, env=self.env, start_new_session=True) if self.argv else None
-        if self.argv and "--bootstrap-stdin" in self.argv:
-            self.process.stdin.write(json.dumps({"token": TOKEN, "env": {}}).encode() + b"\n")  # type: ignore[union-attr]
-            self.process.stdin.flush()  # type: ignore[union-attr]
-        self.http = httpx2.AsyncClient(headers=self.headers, timeout=60,
-                                       limits=httpx2.Limits(max_connections=100, max_keepalive_connections=100))
+        if self.argv:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
+                                            stderr=subprocess.DEVNULL, start_new_session=True)
+            assert self.process.stdin is not None
+            if self.bootstrap:
+                self.process.stdin.write(b'{"token": "%s", "env": {}}\n' % TOKEN.encode())
+            self.process.stdin.flush()
         deadline = time.monotonic() + 60
         while True:
             try:
-                response = await self.http.post(self.url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                                                                "params": INIT},
-                                                headers={"accept": "application/json, text/event-stream"})
-                if response.status_code == 200:
+                first = await self._connect()
+                status, headers, body = await first.post(self.base_head, INIT)
+                if status == 200:
                     break
-            except httpx2.TransportError:
+                first.writer.close()
+            except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start")
             await asyncio.sleep(0.1)
-        self.session = response.headers.get("mcp-session-id")
-        self.version = _messages(response)[-1]["result"]["protocolVersion"]
-        await self.http.post(self.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-                             headers=self._headers())
+        session = headers.get(b"mcp-session-id")
+        version = b"2025-11-25" if b"2025-11-25" in body else b"2025-06-18"
+        self.head = self.base_head + b"mcp-protocol-version: " + version + b"\r\n"
+        if session:
+            self.head += b"mcp-session-id: " + session + b"\r\n"
+        await first.post(self.head, INITIALIZED)
+        self.connections = [first]
         return self
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": self.version}
-        if self.session:
-            headers["mcp-session-id"] = self.session
-        return headers
+    async def connections_for(self, count: int) -> None:
+        while len(self.connections) < count:
+            self.connections.append(await self._connect())
+
+    async def call(self, caller: int, i: int) -> None:
+        connection = self.connections[caller]
+        if connection.reader.at_eof():  # the server closed it while idle (keep-alive timeout): reopen
+            connection = self.connections[caller] = await self._connect()
+        status, _, body = await connection.post(self.head, self.server.call(i + 1))
+        assert status == 200 and self.server.expect in body, (status, body[:300])
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.http.aclose()
+        for connection in self.connections:
+            connection.writer.close()
         if self.process is None:
             return
         try:
@@ -160,79 +237,93 @@ class HttpTarget:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    async def call(self, i: int) -> None:
-        response = await self.http.post(self.url, json={"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-                                                        "params": {"name": SERVER[1], "arguments": SERVER[2](i)}},
-                                        headers=self._headers())
-        answer = _messages(response)[-1]
-        assert SERVER[3](i, answer["result"]["content"][0]["text"]), answer
 
-
-def _messages(response: httpx2.Response) -> list[dict]:
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        return [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
-    return [response.json()]
-
-
-def bridge_rss_mb(target: HttpTarget) -> str:
-    """Resident memory of the bridge process alone (not its server), from /proc."""
-    if target.process is None:
-        return ""
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of one process (not its children), from /proc."""
     try:
-        status = Path(f"/proc/{target.process.pid}/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return ""
-    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return f"{kb / 1024:.1f} MB"
+        return None
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
 
 
-async def measure(target: StdioTarget | HttpTarget, calls: int, concurrency: int) -> str:
+async def measure(target: StdioTarget | HttpTarget, calls: int, concurrency: int) -> tuple[float, float, float, str]:
     async with target:
-        idle = bridge_rss_mb(target) if isinstance(target, HttpTarget) and "bridge" in target.name else ""
-        await drive(target.call, min(200, calls), concurrency)  # warm-up
-        sequential, _ = await drive(target.call, min(500, calls), 1)
+        idle = ""
+        if isinstance(target, HttpTarget) and target.process is not None:
+            await asyncio.sleep(1)
+            rss = rss_mb(target.process.pid)
+            idle = f"{rss:.1f} MB" if rss is not None else ""
+            await target.connections_for(concurrency)
+        await drive(target.call, min(300, calls), concurrency)  # warm-up
+        sequential, _ = await drive(target.call, min(1000, calls), 1)
         _, elapsed = await drive(target.call, calls, concurrency)
     sequential.sort()
     p50 = statistics.median(sequential) * 1000
     p99 = sequential[max(0, int(len(sequential) * 0.99) - 1)] * 1000
-    return f"{target.name:<28} {p50:9.2f} {p99:9.2f} {calls / elapsed:12.0f} {idle:>10}"
+    return p50, p99, calls / elapsed, idle
+
+
+def ensure_mcp_proxy() -> str:
+    """mcp-proxy from PyPI in its own cached virtualenv (it pins mcp<2)."""
+    venv = CACHE / "mcp-proxy-venv"
+    executable = venv / "bin" / "mcp-proxy"
+    if not executable.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "mcp-proxy"],
+                       check=True)
+    return str(executable)
 
 
 async def main() -> None:
-    global SERVER
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=sorted(SERVERS), default="time")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--mcp-proxy", help="path to an mcp-proxy executable (own virtualenv)")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--mcp-proxy", help="path to an mcp-proxy executable (default: installed into a cache)")
+    parser.add_argument("--no-mcp-proxy", action="store_true", help="leave the peer out")
     parser.add_argument("--gateway", help="MCP URL of a deployed time server on a running gateway")
     parser.add_argument("--token", help="member token for --gateway")
     args = parser.parse_args()
-    SERVER = SERVERS[args.server]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
-    bridge_port = free_port()
-    targets: list[StdioTarget | HttpTarget] = [
-        StdioTarget(),
-        HttpTarget("stockade bridge", [sys.executable, "-m", "stockade.bridge", "--host", "127.0.0.1", "--port",
-                                       str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--",
-                                       *SERVER[0]],
-                   f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, env),
-    ]
-    if args.gateway and args.server == "time":
-        targets.append(HttpTarget("stockade full stack", [], args.gateway, {"authorization": f"Bearer {args.token}"}, env))
-    if args.mcp_proxy:
-        port = free_port()
-        targets.append(HttpTarget("mcp-proxy (PyPI)", [args.mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
-                                                       "--pass-environment", *SERVER[0]],
-                                  f"http://127.0.0.1:{port}/mcp", {}, env))
-    print(f"tools/call {SERVER[1]}: sequential p50/p99 over up to 500 calls; calls/s over {args.calls} calls "
-          f"with {args.concurrency} concurrent callers")
-    print(f"{'target':<28} {'p50 ms':>9} {'p99 ms':>9} {'calls/s @' + str(args.concurrency):>12} {'idle RSS':>10}")
-    for target in targets:
-        try:
-            print(await measure(target, args.calls, args.concurrency), flush=True)
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail
-            print(f"{target.name:<28} failed: {exc!r}", flush=True)
+    server = SERVERS[args.server]
+    mcp_proxy = None if args.no_mcp_proxy else (args.mcp_proxy or ensure_mcp_proxy())
+
+    def targets() -> list[StdioTarget | HttpTarget]:
+        bridge_port = free_port()
+        chosen: list[StdioTarget | HttpTarget] = [
+            StdioTarget(server),
+            HttpTarget("stockade bridge", [sys.executable, "-m", "stockade.bridge", "--host", "127.0.0.1", "--port",
+                                           str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--",
+                                           *server.command],
+                       f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, server,
+                       bootstrap=True),
+        ]
+        if args.gateway and args.server == "time":
+            chosen.append(HttpTarget("stockade full stack", [], args.gateway,
+                                     {"authorization": f"Bearer {args.token}"}, server))
+        if mcp_proxy:
+            port = free_port()
+            chosen.append(HttpTarget("mcp-proxy (PyPI)", [mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
+                                                          "--pass-environment", "--", *server.command],
+                                     f"http://127.0.0.1:{port}/mcp", {}, server))
+        return chosen
+
+    print(f"tools/call {args.server}: sequential p50/p99 over up to 1000 calls; calls/s over {args.calls} calls "
+          f"with {args.concurrency} concurrent callers (one keep-alive connection each)")
+    print(f"{'target':<24} {'p50 ms':>8} {'p99 ms':>8} {'calls/s @' + str(args.concurrency):>12} {'idle RSS':>10}"
+          f" {'added p50':>10}")
+    for _ in range(args.rounds):
+        baseline: float | None = None
+        for target in targets():
+            try:
+                p50, p99, rate, idle = await measure(target, args.calls, args.concurrency)
+            except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail
+                print(f"{target.name:<24} failed: {exc!r}", flush=True)
+                continue
+            added = "" if baseline is None else f"{p50 - baseline:+.2f} ms"
+            baseline = p50 if baseline is None else baseline
+            print(f"{target.name:<24} {p50:8.2f} {p99:8.2f} {rate:12.0f} {idle:>10} {added:>10}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from stockade.errors import ConfigError, ValidationFailed
 CATALOG_FORMAT_VERSION = 1
 SLUG_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 ENV_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
+MAX_REPLICAS = 16  # instances of one deployment (each is a container, a network and a /28)
 
 
 class ResourceProfile(str, Enum):
@@ -121,7 +122,10 @@ class CatalogEntry(_Strict):
     network: NetworkProfile = NetworkProfile.none
     egress: list[Annotated[str, Field(pattern=r"^(\*\.)?[A-Za-z0-9.-]+:[0-9]{1,5}$")]] = []
     tools: list[str] = Field(default=["*"], description="default tool allowlist (glob patterns)")
-    image_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    image_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = Field(
+        default=None, description="the approved image: its id (the image built or named here) or a registry "
+                                  "manifest digest; deploying or verifying any other image fails")
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS, description="instances a deployment runs by default")] = 1
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, IPvAnyAddress, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,6 +61,23 @@ class Settings(BaseSettings):
         description="OIDC issuer for JWT bearer tokens (JSON in STOCKADE_OIDC): issuer, role_map, and optionally "
         "audience (default: the gateway URL), algorithms, member_claim, role_claim, required_scopes, clock_skew_seconds.",
     )
+    oidc_client_id: str | None = Field(
+        default=None,
+        description="Dashboard sign-in through the `oidc` issuer (authorization code + PKCE): this client's id, "
+        "which ID tokens must name in `aud`. Unset: the dashboard offers token sign-in only.",
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="The dashboard client's secret (a confidential client); unset for a public client."
+    )
+    oidc_redirect_uri: str | None = Field(
+        default=None,
+        description="The redirect URI registered at the issuer; default: the control URL + /ui/auth/callback.",
+    )
+    oidc_scopes: str = Field(
+        default="openid email profile",
+        description="Scopes the dashboard asks for (space-separated, with openid); add the one that releases the "
+        "role claim if the issuer needs it (e.g. groups).",
+    )
     audit_retention_days: int | None = Field(
         default=365, ge=1, description="Audit records older than this are pruned hourly; unset keeps them all."
     )
@@ -86,6 +103,23 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra name -> IP entries for the egress proxies' resolver (JSON in STOCKADE_EGRESS_HOSTS), "
         "added to each proxy's /etc/hosts; an allowlisted name still may not resolve to a private or host address.",
+    )
+    egress_dns: list[IPvAnyAddress] = Field(
+        default_factory=list,
+        description="DNS servers the egress proxies resolve allowlisted names with (JSON list in STOCKADE_EGRESS_DNS); "
+        "empty: the engine's default (the host's resolvers). Unlisted names are never looked up.",
+    )
+
+    k8s_servers_namespace: str | None = Field(
+        default=None,
+        description="On Kubernetes: the namespace of the server Services the gateway discovers servers through "
+        "(instead of the database's Docker deployments).",
+    )
+    k8s_kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig for discovery; else in-cluster credentials, KUBECONFIG, ~/.kube/config."
+    )
+    k8s_egress_proxy_url: str = Field(
+        default="http://stockade-egress-proxy:3128", description="The egress proxy as servers on Kubernetes reach it."
     )
 
     token: SecretStr | None = Field(default=None, description="Admin token the CLI presents to the management API.")

@@ -78,3 +78,9 @@ class SecretsError(StockadeError):
     """The master key is missing or wrong, or a secret cannot be decrypted."""
 
     status_code = 500
+
+
+class AuditUnavailable(StockadeError):
+    """An audit record could not be committed, so the call it belongs to is not acknowledged."""
+
+    status_code = 503

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -180,18 +181,32 @@ def fixture_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]
     bridge.stop()
 
 
+def npm_install(name: str, spec: str, executable: str) -> Path:
+    """`spec` npm-installed once into CACHE/`name`; the path of its `node_modules/.bin/executable`.
+
+    Installed into a staging directory renamed into place, so an interrupted install is never used.
+    Fails (never skips) when npm or the registry is not there: these tests are part of the suite."""
+    path = CACHE / name / "node_modules" / ".bin" / executable
+    if path.exists():
+        return path
+    npm = shutil.which("npm")
+    assert npm, f"npm is needed to install {spec} (scripts/bootstrap installs it)"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
+    result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(staging), spec],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"npm install {spec} failed:\n{result.stderr[-3000:]}"
+    try:
+        staging.rename(CACHE / name)
+    except OSError:  # another run got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    assert path.exists(), f"npm install {spec} did not provide {executable}"
+    return path
+
+
 @pytest.fixture(scope="session")
 def everything_command() -> list[str]:
     """`@modelcontextprotocol/server-everything`, npm-installed once into a cache directory."""
-    target = CACHE / f"server-everything-{EVERYTHING_VERSION}"
-    executable = target / "node_modules" / ".bin" / "mcp-server-everything"
-    if not executable.exists():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed for the server-everything tests (Node 20)"
-        target.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(check=False, args=[npm, "install", "--no-audit", "--no-fund", "--prefix", str(target),
-                                 f"@modelcontextprotocol/server-everything@{EVERYTHING_VERSION}"],
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
-    assert executable.exists()
+    executable = npm_install(f"server-everything-{EVERYTHING_VERSION}",
+                             f"@modelcontextprotocol/server-everything@{EVERYTHING_VERSION}", "mcp-server-everything")
     return [str(executable), "stdio"]

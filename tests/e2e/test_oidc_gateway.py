@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,29 @@ def test_offboarded_member_jwts_are_refused(oidc_platform: RunningPlatform, issu
         assert api.post("/members/grace@example.com/offboard").status_code == 200
     token = issuer.token(aud="https://mcp.example.test", email="grace@example.com")
     assert post_list(oidc_platform, token).status_code == 401
+
+
+def test_open_stream_ends_when_its_jwt_expires(oidc_platform: RunningPlatform, issuer: LocalIssuer) -> None:
+    lifetime = 5
+    token = issuer.token(aud="https://mcp.example.test", exp=int(time.time()) + lifetime)
+    init = post_list(oidc_platform, token)
+    assert init.status_code == 200, init.text
+    url = f"{oidc_platform.gateway_url}/servers/time/mcp"
+    headers = {"Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2025-11-25",
+               "Mcp-Session-Id": init.headers["mcp-session-id"], "Content-Type": "application/json"}
+    httpx2.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    connected, ended = threading.Event(), threading.Event()
+    statuses: list[int] = []
+
+    def hold_stream() -> None:
+        with httpx2.stream("GET", url, headers={**headers, "Accept": "text/event-stream"}, timeout=120) as response:
+            statuses.append(response.status_code)
+            connected.set()
+            for _ in response.iter_raw():
+                pass
+        ended.set()
+
+    threading.Thread(target=hold_stream, daemon=True).start()
+    assert connected.wait(30) and statuses == [200]
+    # Nothing revokes the token: only its expiry can end the stream (the client's timeout is 120 s).
+    assert ended.wait(lifetime + 30), "the SSE stream outlived the JWT that opened it"

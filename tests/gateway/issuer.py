@@ -3,6 +3,11 @@
 It serves a discovery document and a JWKS from a uvicorn server in a background thread, counts the
 requests it answers, can rotate keys, and signs tokens itself with `cryptography` (not with the
 JOSE library under test, so a bug there cannot hide behind a matching bug here).
+
+For sign-in tests it is also an authorization server: `/authorize` shows a tiny login form (a user
+name, no password) for the users added with `add_user`, and redirects back with a code; `/token`
+exchanges that code once, for a registered client (`register_client`), checking the redirect URI,
+client authentication (HTTP Basic or public) and PKCE S256, and answers with a signed ID token.
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import secrets
 import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote_plus, urlencode
 
 import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,12 +32,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 KeyKind = Literal["RSA", "EC"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 AUDIENCE = "https://gateway.test/mcp"
+CODE_TTL_SECONDS = 60
+AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge",
+                    "code_challenge_method")
 
 
 def b64url(data: bytes) -> str:
@@ -179,21 +190,50 @@ class TokenSigner:
         return f"{signing_input.decode()}.{b64url(hmac.new(secret, signing_input, digest).digest())}"
 
 
-class LocalIssuer(TokenSigner):
-    """Discovery + JWKS on loopback; `sign`/`token` mint tokens with its keys."""
+@dataclass(frozen=True)
+class Client:
+    secret: str | None  # None: a public client (PKCE alone)
+    redirect_uri: str
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True)
+class _Grant:
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    nonce: str | None
+    user: str
+    expires: float
+
+
+def s256(verifier: str) -> str:
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+class LocalIssuer(TokenSigner):
+    """Discovery + JWKS (+ authorize and token endpoints) on loopback; `sign`/`token` mint tokens with its keys.
+
+    `host` is the name in its URL (the socket is always on 127.0.0.1): "localhost" makes it another
+    site than a dashboard on 127.0.0.1, as a real identity provider is.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        super().__init__(f"http://127.0.0.1:{self.port}")
+        super().__init__(f"http://{host}:{self.port}")
         self.requests: Counter[str] = Counter()
         self.status = 200
         self.discovery_issuer: str | None = None
+        self.clients: dict[str, Client] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self._codes: dict[str, _Grant] = {}
         app = Starlette(
             routes=[
                 Route("/.well-known/openid-configuration", self._discovery),
                 Route("/jwks", self._jwks),
+                Route("/authorize", self._authorize, methods=["GET", "POST"]),
+                Route("/token", self._token, methods=["POST"]),
             ]
         )
         self._server = uvicorn.Server(
@@ -226,6 +266,9 @@ class LocalIssuer(TokenSigner):
             self.published.clear()
             self.status = 200
             self.discovery_issuer = None
+            self.clients.clear()
+            self.users.clear()
+            self._codes.clear()
         self.add_key("RSA")
         self.add_key("EC")
 
@@ -256,3 +299,111 @@ class LocalIssuer(TokenSigner):
                 return JSONResponse({"error": "unavailable"}, status_code=self.status)
             keys = [self.public_jwk(kid) for kid in self.published]
         return JSONResponse({"keys": keys})
+
+    # -- sign-in ----------------------------------------------------------------------------
+
+    def register_client(self, client_id: str, redirect_uri: str, secret: str | None = None) -> None:
+        with self._lock:
+            self.clients[client_id] = Client(secret, redirect_uri)
+
+    def add_user(self, name: str, **claims: Any) -> None:
+        """A user who can sign in by name; `claims` go into their ID tokens (e.g. groups, email)."""
+        with self._lock:
+            self.users[name] = {"sub": f"sub-{name}", **claims}
+
+    def _client_error(self, params: dict[str, str]) -> str | None:
+        """Why an authorization request cannot be redirected back at all (RFC 6749 §4.1.2.1)."""
+        client = self.clients.get(params.get("client_id", ""))
+        if client is None:
+            return "unknown client_id"
+        if params.get("redirect_uri") != client.redirect_uri:
+            return "redirect_uri is not the registered one"
+        return None
+
+    def _request_error(self, params: dict[str, str]) -> str | None:
+        if params.get("response_type") != "code":
+            return "unsupported_response_type"
+        if "openid" not in params.get("scope", "").split():
+            return "invalid_scope"
+        if params.get("code_challenge_method") != "S256" or len(params.get("code_challenge", "")) != 43:
+            return "invalid_request"  # this issuer requires PKCE with S256
+        return None
+
+    async def _authorize(self, request: Request) -> Response:
+        source = await request.form() if request.method == "POST" else request.query_params
+        params = {name: str(source.get(name, "")) for name in (*AUTHORIZE_PARAMS, "username")}
+        with self._lock:
+            self.requests["authorize"] += 1
+            problem = self._client_error(params)
+        if problem:
+            return HTMLResponse(f"<h1>Bad request</h1><p>{problem}</p>", status_code=400)
+        back = params["redirect_uri"]
+        error = self._request_error(params)
+        if error:
+            return RedirectResponse(f"{back}?{urlencode({'error': error, 'state': params['state']})}", status_code=302)
+        if request.method == "GET" or params["username"] not in self.users:
+            return self._login_form(params, failed=request.method == "POST")
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self._codes[code] = _Grant(params["client_id"], back, params["code_challenge"], params["nonce"] or None,
+                                       params["username"], time.monotonic() + CODE_TTL_SECONDS)
+        return RedirectResponse(f"{back}?{urlencode({'code': code, 'state': params['state']})}", status_code=302)
+
+    def _login_form(self, params: dict[str, str], *, failed: bool) -> Response:
+        hidden = "".join(
+            f'<input type="hidden" name="{name}" value="{html.escape(params[name])}">' for name in AUTHORIZE_PARAMS
+        )
+        error = '<p role="alert">Unknown user.</p>' if failed else ""
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Local issuer: sign in</title></head>'
+            f"<body><h1>Local issuer</h1>{error}"
+            f'<form method="post" action="/authorize">{hidden}'
+            '<label for="username">User name</label> <input id="username" name="username" autocomplete="off">'
+            ' <button type="submit">Continue</button></form></body></html>'
+        )
+        return HTMLResponse(page, status_code=401 if failed else 200)
+
+    def _authenticate_client(self, request: Request, form: dict[str, str]) -> str | None:
+        """The client id of a token request, authenticated (HTTP Basic), or a public client's."""
+        header = request.headers.get("authorization", "")
+        if header.startswith("Basic "):
+            try:
+                raw_id, _, raw_secret = base64.b64decode(header[6:]).decode().partition(":")
+            except ValueError:
+                return None
+            client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+            client = self.clients.get(client_id)
+            if client is None or client.secret is None or not hmac.compare_digest(client.secret, secret):
+                return None
+            return client_id
+        client = self.clients.get(form.get("client_id", ""))
+        return form["client_id"] if client is not None and client.secret is None else None
+
+    async def _token(self, request: Request) -> Response:
+        form = {name: str(value) for name, value in (await request.form()).items()}
+        with self._lock:
+            self.requests["token"] += 1
+            if self.status != 200:
+                return JSONResponse({"error": "temporarily_unavailable"}, status_code=self.status)
+            client_id = self._authenticate_client(request, form)
+            if client_id is None:
+                return JSONResponse({"error": "invalid_client"}, status_code=401)
+            grant = self._codes.pop(form.get("code", ""), None)  # a code is good once, whatever happens next
+            user = self.users.get(grant.user) if grant is not None else None
+        if form.get("grant_type") != "authorization_code":
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+        if (
+            grant is None
+            or user is None
+            or grant.expires < time.monotonic()
+            or grant.client_id != client_id
+            or grant.redirect_uri != form.get("redirect_uri")
+            or not hmac.compare_digest(s256(form.get("code_verifier", "")), grant.challenge)
+        ):
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        claims = self.claims(aud=client_id, scope=None, nonce=grant.nonce, auth_time=int(time.time()), **user)
+        id_token = self.sign(claims, kid=self.kid("RSA"), header={"typ": "JWT"})
+        return JSONResponse(
+            {"access_token": secrets.token_urlsafe(24), "token_type": "Bearer", "expires_in": 300, "id_token": id_token},
+            headers={"Cache-Control": "no-store"},
+        )

@@ -1,10 +1,16 @@
 """Fixtures of the isolation tests: a fake "internet" in a network namespace, real servers on the real engine.
 
-The internet: a network namespace created here, joined to the host by a veth pair, with addresses
-from TEST-NET-3 (203.0.113.0/24: documentation addresses, routed nowhere; they exist only in this
-namespace) and a host route to it. It runs small HTTP listeners on ports 80, 443 and 8443 that say
+The internet: a network namespace created here, joined to the host by a veth pair, with three
+addresses from TEST-NET-3 (documentation addresses) and a host route to EACH of them (/32), never to
+the whole range: on the development machines the package registries themselves answer at another
+TEST-NET-3 address (203.0.113.80), and a /24 route would cut every apt/pip/npm client on the machine
+off while the tests run. It runs small HTTP listeners on ports 80, 443 and 8443 that say
 which address and port answered. Test names (`*.example.test`) map to those addresses through
-`Settings.egress_hosts` (the proxies' /etc/hosts), never through a real resolver.
+`Settings.egress_hosts` (the proxies' /etc/hosts), and through the namespace's own DNS server
+(tests.listener.DnsRecorder at DNS_IP, the proxies' `Settings.egress_dns`), which records every
+question it gets: never through a real resolver. One address of the namespace is link-local
+(169.254.0.0/16, what cloud metadata services use), so that a proxy wrongly connecting there would
+reach this namespace and nothing else.
 
 Network etiquette: traffic goes only to this namespace, to the containers made here and to a
 listener on the host itself. Nothing skips: without Docker, root or `ip`, these tests fail.
@@ -17,10 +23,12 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -29,12 +37,25 @@ from stockade.catalog import Catalog, CatalogEntry
 from stockade.config import Settings
 from stockade.orchestrator.engine import connect_engine
 from stockade.orchestrator.images import BuiltImage, ImageBuilder
-from tests.listener import HostListener
+from tests.conftest import REPO
+from tests.listener import HostListener, dns_answer_addresses, dns_query
 
 HOST_SIDE = "203.0.113.1"
 ALLOWED_IP = "203.0.113.10"
 OTHER_IP = "203.0.113.11"
 WILD_IP = "203.0.113.12"
+DNS_IP = "203.0.113.53"
+LINK_LOCAL_IP = "169.254.77.77"
+INTERNET_IPS = (ALLOWED_IP, OTHER_IP, WILD_IP, DNS_IP, LINK_LOCAL_IP)
+# what the namespace's DNS server answers (A records); every other name: NXDOMAIN
+INTERNET_DNS = {
+    "resolved.example.test": [ALLOWED_IP],                    # listed, resolvable only through DNS
+    "portonly.example.test": [ALLOWED_IP],                    # listed for one port only
+    "metadata.example.test": [LINK_LOCAL_IP],                 # listed, resolves link-local
+    "loopback.example.test": ["127.0.0.1"],                   # listed, resolves to loopback
+    "rebind-first.example.test": [LINK_LOCAL_IP, ALLOWED_IP],  # listed, one forbidden address among good ones
+    "rebind-last.example.test": [ALLOWED_IP, LINK_LOCAL_IP],
+}
 INTERNET_PORTS = (80, 443, 8443)
 
 LISTENER = r"""
@@ -72,32 +93,59 @@ class Internet:
     netns: str
     host_veth: str
     process: subprocess.Popen[str]
+    dns: subprocess.Popen[str]
+    dns_queries: list[dict[str, str]]  # {"peer", "name", "transport"} of every question DNS_IP got
+
+    def dns_names(self) -> set[str]:
+        return {query["name"] for query in list(self.dns_queries)}
+
+
+def _collect(stream: Any, into: list[dict[str, str]]) -> None:
+    for line in stream:
+        into.append(json.loads(line))
 
 
 @pytest.fixture(scope="session")
 def internet() -> Iterator[Internet]:
     tag = secrets.token_hex(3)
     netns, host_veth, ns_veth = f"stk-inet-{tag}", f"stkih{tag}", f"stkin{tag}"
-    route = sh("ip", "-4", "-o", "route", "show", "203.0.113.0/24", check=False).stdout.strip()
-    assert not route, f"203.0.113.0/24 is already routed on this host ({route}); a leftover of an earlier run?"
-    process = None
+    for ip in INTERNET_IPS:
+        route = sh("ip", "-4", "-o", "route", "show", "match", ip, check=False).stdout
+        specific = [line for line in route.splitlines() if not line.startswith("default")]
+        assert not specific, f"{ip} is already routed on this host ({specific}); a leftover of an earlier run?"
+    process = dns = None
     try:
         sh("ip", "netns", "add", netns)
         sh("ip", "link", "add", host_veth, "type", "veth", "peer", "name", ns_veth)
         sh("ip", "link", "set", ns_veth, "netns", netns)
         sh("ip", "addr", "add", f"{HOST_SIDE}/32", "dev", host_veth)
         sh("ip", "link", "set", host_veth, "up")
-        sh("ip", "route", "add", "203.0.113.0/24", "dev", host_veth, "src", HOST_SIDE)
-        for ip in (ALLOWED_IP, OTHER_IP, WILD_IP):
-            sh("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ip}/24", "dev", ns_veth)
+        for ip in INTERNET_IPS:
+            sh("ip", "route", "add", f"{ip}/32", "dev", host_veth, "src", HOST_SIDE)
+            sh("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ip}/32", "dev", ns_veth)
         sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
         sh("ip", "netns", "exec", netns, "ip", "link", "set", ns_veth, "up")
+        # the way back: containers' traffic arrives NATed to the host side of the veth
+        sh("ip", "netns", "exec", netns, "ip", "route", "add", f"{HOST_SIDE}/32", "dev", ns_veth)
         process = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", LISTENER,
                                     *map(str, INTERNET_PORTS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready", process.stderr.read() if process.stderr else ""
-        # control: the host reaches the internet (so "unreachable" from a container means something)
+        # bound to DNS_IP itself: a UDP reply must come from the address asked, or NAT drops it
+        dns = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "tests.listener", DNS_IP, "53",
+                                json.dumps(INTERNET_DNS)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        assert dns.stdout is not None
+        assert dns.stdout.readline().strip() == "ready", dns.stderr.read() if dns.stderr else ""
+        dns_queries: list[dict[str, str]] = []
+        threading.Thread(target=_collect, args=(dns.stdout, dns_queries), daemon=True).start()
+        # control: the host reaches the internet and its DNS server (so "unreachable" from a container means something)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(5)
+            udp.connect((DNS_IP, 53))  # connected: a reply from another address would not count
+            udp.send(dns_query("resolved.example.test"))
+            assert dns_answer_addresses(udp.recv(4096)) == (0, [ALLOWED_IP])
         for port in INTERNET_PORTS:
             deadline = time.monotonic() + 10
             while True:
@@ -108,16 +156,19 @@ def internet() -> Iterator[Internet]:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-        yield Internet(netns=netns, host_veth=host_veth, process=process)
+        yield Internet(netns=netns, host_veth=host_veth, process=process, dns=dns, dns_queries=dns_queries)
     finally:
-        if process is not None:
-            process.terminate()
+        for child in (process, dns):
+            if child is None:
+                continue
+            child.terminate()
             try:
-                process.wait(timeout=10)
+                child.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        sh("ip", "route", "del", "203.0.113.0/24", "dev", host_veth, check=False)
+                child.kill()
+                child.wait()
+        for ip in INTERNET_IPS:
+            sh("ip", "route", "del", f"{ip}/32", "dev", host_veth, check=False)
         sh("ip", "link", "del", host_veth, check=False)
         sh("ip", "netns", "del", netns, check=False)
 
@@ -137,7 +188,7 @@ def host_ipv4_addresses(device: str | None = None) -> list[str]:
 @pytest.fixture(scope="session")
 def isolation_settings(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Settings:
     [docker0] = host_ipv4_addresses("docker0")
-    return Settings(data_dir=tmp_path_factory.mktemp("isolation-data"), egress_hosts={
+    return Settings(data_dir=tmp_path_factory.mktemp("isolation-data"), egress_dns=[DNS_IP], egress_hosts={
         "allowed.example.test": ALLOWED_IP,
         "other.example.test": OTHER_IP,
         "sub.wild.example.test": WILD_IP,
@@ -251,10 +302,34 @@ def dns(name):
     except OSError as exc:
         return "error " + type(exc).__name__
 
+def dns_udp(server, port, query_hex):
+    # a DNS question built by the test (tests.listener.dns_query), sent as is: "reply <hex>" or "error"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    try:
+        s.sendto(bytes.fromhex(query_hex), (server, port))
+        return "reply " + s.recv(4096).hex()
+    except OSError as exc:
+        return "error " + type(exc).__name__
+    finally:
+        s.close()
+
+def dns_tcp(server, port, query_hex):
+    query = bytes.fromhex(query_hex)
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((server, port))
+        s.sendall(len(query).to_bytes(2, "big") + query)
+        data = recv_all(s)
+        return "reply " + data[2:].hex() if len(data) > 2 else "error empty"
+    except OSError as exc:
+        return "error " + type(exc).__name__
+    finally:
+        s.close()
+
 def run(check):
     kind, *args = check
     return json.dumps(check), {"tcp": tcp, "connect": proxy_connect, "get": proxy_get, "dns": dns,
-                               "http": http_direct}[kind](*args)
+                               "http": http_direct, "dns_udp": dns_udp, "dns_tcp": dns_tcp}[kind](*args)
 
 # independent checks run concurrently (bounded): timeouts do not add up
 from concurrent.futures import ThreadPoolExecutor

@@ -89,6 +89,28 @@ def test_no_cache_and_log_to_stdout() -> None:
     assert not [line for line in lines if line.startswith("cache_dir")]
 
 
+def test_nameservers() -> None:
+    assert not [line for line in egress.squid_conf(ALLOW).splitlines() if line.startswith("dns_nameservers")]
+    conf = egress.squid_conf(ALLOW, nameservers=["203.0.113.53", "2001:db8::53"]).splitlines()
+    assert "dns_nameservers 203.0.113.53 2001:db8::53" in conf
+    assert conf.index("hosts_file /etc/hosts") < conf.index("dns_nameservers 203.0.113.53 2001:db8::53")
+    with pytest.raises(ValueError, match="must be an IP address"):
+        egress.squid_conf(ALLOW, nameservers=["resolver.example.test"])
+    kwargs = egress.proxy_container_kwargs(image="i", slug="demo", owner="0a1b2c3d", allowlist=ALLOW,
+                                           outbound_network="net-out", listen_ip="10.213.0.14", extra_hosts={},
+                                           nameservers=["203.0.113.53"])
+    assert "dns_nameservers 203.0.113.53" in kwargs["environment"][egress.CONF_ENV].splitlines()
+    assert "dns" not in kwargs  # squid asks the resolver itself: Docker's embedded DNS is not in the path
+
+
+def test_egress_dns_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKADE_EGRESS_DNS", '["203.0.113.53"]')
+    assert [str(ip) for ip in Settings().egress_dns] == ["203.0.113.53"]
+    monkeypatch.setenv("STOCKADE_EGRESS_DNS", '["resolver.example.test"]')
+    with pytest.raises(ValueError, match="IPv4 or IPv6 address"):
+        Settings()
+
+
 def test_empty_allowlist_denies_everything() -> None:
     access = _http_access(egress.squid_conf([]))
     assert access == ["http_access deny stk_raw_ip", "http_access deny all"]
@@ -100,7 +122,7 @@ def test_the_generated_configuration_parses(tmp_path: Path) -> None:
     assert Path(squid).exists(), "Debian's squid is needed on the host for this check"
     for allow in (ALLOW, []):
         path = tmp_path / "squid.conf"
-        path.write_text(egress.squid_conf(allow, deny_addresses=["192.0.2.2"]))
+        path.write_text(egress.squid_conf(allow, deny_addresses=["192.0.2.2"], nameservers=["203.0.113.53"]))
         result = subprocess.run([squid, "-k", "parse", "-f", str(path)], capture_output=True, text=True, timeout=60,
                                 check=False)
         assert result.returncode == 0, result.stderr

@@ -22,8 +22,20 @@ from stockade.config import Settings
 from stockade.orchestrator import egress, firewall
 from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
+from tests.listener import DnsRecorder, dns_answer_addresses, dns_query
 
-from .conftest import ALLOWED_IP, OTHER_IP, WILD_IP, HostListener, host_ipv4_addresses, key, probe
+from .conftest import (
+    ALLOWED_IP,
+    DNS_IP,
+    HOST_SIDE,
+    OTHER_IP,
+    WILD_IP,
+    HostListener,
+    Internet,
+    host_ipv4_addresses,
+    key,
+    probe,
+)
 
 TOKEN = "bridge-" + secrets.token_urlsafe(16)
 SLUGS = {"none": "iso-none", "egress": "iso-egress", "open": "iso-open"}
@@ -57,7 +69,11 @@ def fleet(isolation_settings: Settings, engine: docker.DockerClient, time_entry:
           time_image: BuiltImage, host_listener: HostListener) -> Iterator[Fleet]:
     orchestrator = Orchestrator(isolation_settings, client=engine)
     allow = ["allowed.example.test:443", "allowed.example.test:80", "*.wild.example.test:8443",
-             f"private.example.test:{host_listener.port}"]
+             f"private.example.test:{host_listener.port}",
+             # resolved through the internet's DNS server only (conftest.INTERNET_DNS)
+             "resolved.example.test:443", "resolved.example.test:80", "portonly.example.test:443",
+             "metadata.example.test:80", "loopback.example.test:443", "rebind-first.example.test:443",
+             "rebind-last.example.test:443"]
     entries = {"none": entry_with(time_entry, "none"), "egress": entry_with(time_entry, "egress", allow),
                "open": entry_with(time_entry, "open")}
     servers: dict[str, ServerInstance] = {}
@@ -215,46 +231,9 @@ def test_the_proxy_itself_cannot_reach_the_host(fleet: Fleet, engine: docker.Doc
 
 
 # -- none ------------------------------------------------------------------------------------------------
-class UdpTrap:
-    """A UDP listener on the host's 127.0.0.1:53: a resolver that Docker's embedded DNS would use from the
-    HOST's namespace if it took the blackhole address for a host-loopback resolver (it must not)."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 53))
-        self.sock.settimeout(0.2)
-        self.packets: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, _ = self.sock.recvfrom(4096)
-            except OSError:
-                continue
-            self.packets.append(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 def test_none_resolves_no_outside_names_but_the_bridge_works(fleet: Fleet, engine: docker.DockerClient) -> None:
-    trap = UdpTrap()
-    try:
-        results = check(fleet, "none", ["dns", "anything.example.test"], ["dns", "allowed.example.test"],
-                        ["tcp", "127.0.0.1", 8080])
-        egress_results = check(fleet, "egress", ["dns", "trap-check.example.test"])
-    finally:
-        trap.close()
-    assert not [p for p in trap.packets if b"example" in p], "a query left the container's namespace"
-    assert egress_results[key("dns", "trap-check.example.test")].startswith("error")
+    results = check(fleet, "none", ["dns", "anything.example.test"], ["dns", "allowed.example.test"],
+                    ["tcp", "127.0.0.1", 8080])
     assert results[key("dns", "anything.example.test")].startswith("error"), results
     assert results[key("dns", "allowed.example.test")].startswith("error"), results
     assert results[key("tcp", "127.0.0.1", 8080)] == "connected"
@@ -262,6 +241,95 @@ def test_none_resolves_no_outside_names_but_the_bridge_works(fleet: Fleet, engin
     assert info["HostConfig"]["Dns"] == list(egress.BLACKHOLE_DNS)
     assert "HTTP_PROXY" not in fleet.env("none")
     assert fleet.servers["none"].egress_proxy is None
+
+
+# -- DNS: no name leaves a sandbox, the proxy looks up listed names only ----------------------------------
+@pytest.fixture
+def host_dns() -> Iterator[DnsRecorder]:
+    """A DNS server on port 53 of EVERY host address (and the host's loopback, where Docker's embedded
+    DNS would send a query if it took a sandbox's resolver for the host's): records what reaches it."""
+    recorder = DnsRecorder("0.0.0.0", 53)
+    yield recorder
+    recorder.close()
+
+
+def _dns_outcome(result: str) -> tuple[str, list[str]]:
+    """("error", []) when nothing answered, else ("rcode N", [A records]) of the reply."""
+    if not result.startswith("reply "):
+        return "error", []
+    reply = bytes.fromhex(result.split(" ", 1)[1])
+    try:
+        rcode, addresses = dns_answer_addresses(reply)
+    except (ValueError, IndexError):
+        return f"not DNS: {reply[:60]!r}", []
+    return f"rcode {rcode}", addresses
+
+
+@pytest.mark.parametrize("profile", ["none", "egress", "open"])
+def test_no_dns_query_leaves_the_sandbox(profile: str, fleet: Fleet, internet: Internet,
+                                         host_dns: DnsRecorder) -> None:
+    """UDP and TCP questions to port 53 of every host address, of the internet's DNS server, of the
+    proxy, and to Docker's embedded DNS (127.0.0.11): no answer carries an address, and neither the
+    host's nor the internet's DNS server hears the name. (`open` reaches the internet by design: its
+    question to the internet's DNS server is the control that the probes and recorders work. Its
+    embedded DNS forwards to the host's real resolvers, so no test name is sent there.)"""
+    name = f"leak-{profile}-{secrets.token_hex(4)}.example.test"
+    query = dns_query(name).hex()
+    targets = [*host_addresses(fleet), fleet.proxy.split(":")[0], DNS_IP]
+    if profile != "open":
+        targets.append("127.0.0.11")
+    checks = [[kind, target, 53, query] for target in targets for kind in ("dns_udp", "dns_tcp")]
+    if profile != "open":
+        checks += [["dns", name], ["dns", "resolved.example.test"]]  # the sandbox's own resolver (getaddrinfo)
+    results = check(fleet, profile, *checks)
+    # other test runs on the machine add and remove bridges: an address gone by now was not asked as a host's
+    gone = set(targets) - set(host_addresses(fleet)) - {fleet.proxy.split(":")[0], DNS_IP, "127.0.0.11"}
+    outcomes = {(c[0], c[1]): _dns_outcome(results[key(*c)]) for c in checks if c[0] != "dns" and c[1] not in gone}
+    if profile == "open":
+        for kind in ("dns_udp", "dns_tcp"):
+            assert outcomes.pop((kind, DNS_IP)) == ("rcode 3", []), (kind, results[key(kind, DNS_IP, 53, query)])
+        assert {q["transport"] for q in internet.dns_queries if q["name"] == name} == {"udp", "tcp"}
+        assert all(q["peer"] == HOST_SIDE for q in internet.dns_queries if q["name"] == name)  # NATed out
+    else:
+        assert name not in internet.dns_names(), internet.dns_queries
+        assert results[key("dns", name)].startswith("error"), results
+        assert results[key("dns", "resolved.example.test")].startswith("error"), results
+    for (kind, target), (outcome, addresses) in outcomes.items():
+        assert not addresses, (kind, target, results)
+        if target != "127.0.0.11":  # the embedded DNS may answer SERVFAIL: it has no upstream
+            assert outcome == "error", (kind, target, results)
+    assert name not in host_dns.names(), host_dns.queries
+    assert not host_dns.queries, host_dns.queries
+
+
+def test_the_proxy_looks_up_listed_names_only(fleet: Fleet, internet: Internet, host_dns: DnsRecorder) -> None:
+    """The proxy's resolver is the internet's DNS server (Settings.egress_dns): a listed name is looked
+    up there (the control), an unlisted one -- or a listed one on an unlisted port -- never is, and a
+    listed name whose answer holds a link-local or loopback address is refused without connecting."""
+    proxy = fleet.proxy
+    unlisted = f"unlisted-{secrets.token_hex(4)}.example.test"
+    before = set(internet.dns_names())
+    assert not before & {unlisted, "portonly.example.test"}
+    allowed = [["connect", proxy, "resolved.example.test:443"], ["get", proxy, "http://resolved.example.test/"]]
+    refused = [
+        ["connect", proxy, f"{unlisted}:443"], ["get", proxy, f"http://{unlisted}/"],
+        ["connect", proxy, "portonly.example.test:8443"],   # listed name, unlisted port
+        ["connect", proxy, "metadata.example.test:80"], ["get", proxy, "http://metadata.example.test/"],
+        ["connect", proxy, "loopback.example.test:443"],
+        ["connect", proxy, "rebind-first.example.test:443"], ["connect", proxy, "rebind-last.example.test:443"],
+    ]
+    results = check(fleet, "egress", *allowed, *refused)
+    assert results[key(*allowed[0])] == f"tunnel 200 internet {ALLOWED_IP}:443 host=resolved.example.test:443", results
+    assert results[key(*allowed[1])].startswith(f"status 200 internet {ALLOWED_IP}:80"), results
+    for item in refused:
+        assert results[key(*item)].startswith("status 403"), (item, results)
+    looked_up = internet.dns_names()
+    assert "resolved.example.test" in looked_up  # the control: the proxy asks this server
+    assert {"metadata.example.test", "loopback.example.test", "rebind-first.example.test",
+            "rebind-last.example.test"} <= looked_up  # listed: looked up, then refused by address
+    assert unlisted not in looked_up and "portonly.example.test" not in looked_up, internet.dns_queries
+    assert all(q["peer"] == HOST_SIDE for q in internet.dns_queries)  # from the proxy, NATed
+    assert not host_dns.queries, host_dns.queries
 
 
 # -- open ------------------------------------------------------------------------------------------------
@@ -287,9 +355,12 @@ REACHABILITY = {
     "allowed name via proxy": {"egress"},
     "unlisted name via proxy": set(),
     "outside DNS name": set(),
+    "internet's DNS server, by IP": {"open"},
     "host addresses": set(),
     "other server's bridge": set(),
 }
+# `open` asks the host's real resolvers: no test name is sent there (network etiquette)
+NOT_PROBED = {"open": {"outside DNS name"}}
 
 
 def observe(fleet: Fleet, profile: str) -> set[str]:
@@ -302,13 +373,16 @@ def observe(fleet: Fleet, profile: str) -> set[str]:
         "allowed name via proxy": [["get", proxy, "http://allowed.example.test/"]],
         "unlisted name via proxy": [["get", proxy, "http://other.example.test/"]],
         "outside DNS name": [["dns", "allowed.example.test"]],
+        "internet's DNS server, by IP": [["dns_udp", DNS_IP, 53, dns_query("resolved.example.test").hex()]],
         "host addresses": [["tcp", ip, fleet.listener.port] for ip in host],
         "other server's bridge": [["tcp", ip, 8080] for ip in others],
     }
+    for name in NOT_PROBED.get(profile, set()):
+        del checks[name]
     results = check(fleet, profile, *[c for group in checks.values() for c in group])
 
     def ok(result: str) -> bool:
-        return result == "connected" or result.startswith(("status 200", "tunnel 200", "resolved"))
+        return result == "connected" or result.startswith(("status 200", "tunnel 200", "resolved", "reply"))
 
     return {name for name, group in checks.items() if any(ok(results[key(*c)]) for c in group)}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from typer.testing import CliRunner
 
 from stockade.catalog import Catalog
 from stockade.cli.k8s import app
-from stockade.errors import ConfigError, EngineError, NotFoundError
+from stockade.errors import ConfigError, EngineError, NotFoundError, SecretsError
 from tests.k8s.support import documents, pod_specs, restricted_violations, validate_all
 
 runner = CliRunner()
@@ -68,12 +70,24 @@ def test_apply_needs_a_bootstrap_file_per_server(tmp_path: Path) -> None:
     assert f"{tmp_path}/time.json" in str(result.exception)
 
 
-def test_apply_reads_bootstraps_then_needs_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apply_reads_bootstraps_and_the_master_key_then_needs_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    (tmp_path / "time.json").write_text(json.dumps({"token": "tok-PLANTED", "env": {}}))
-    result = runner.invoke(app, ["apply", "time", "--bootstrap-dir", str(tmp_path), "--kubeconfig", str(tmp_path / "missing")])
+    monkeypatch.setenv("STOCKADE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("STOCKADE_MASTER_KEY", raising=False)
+    bootstraps = tmp_path / "bootstrap"
+    bootstraps.mkdir()
+    (bootstraps / "time.json").write_text(json.dumps({"env": {}}))
+    apply_time = ["apply", "time", "--bootstrap-dir", str(bootstraps), "--kubeconfig", str(tmp_path / "missing")]
+    # No master key: no token can be derived, and none is made up.
+    result = runner.invoke(app, apply_time)
+    assert isinstance(result.exception, SecretsError) and "no master key" in str(result.exception)
+    monkeypatch.setenv("STOCKADE_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    result = runner.invoke(app, apply_time)
     assert isinstance(result.exception, EngineError)
-    assert "PLANTED" not in result.output
-    (tmp_path / "time.json").write_text("{not json PLANTED")
-    result = runner.invoke(app, ["apply", "time", "--bootstrap-dir", str(tmp_path)])
+    (bootstraps / "time.json").write_text(json.dumps({"token": "tok-PLANTED", "env": {}}))
+    result = runner.invoke(app, apply_time)
+    assert isinstance(result.exception, ConfigError) and "derived from the master key" in str(result.exception)
+    assert "PLANTED" not in str(result.exception)
+    (bootstraps / "time.json").write_text("{not json PLANTED")
+    result = runner.invoke(app, apply_time)
     assert isinstance(result.exception, ConfigError) and "PLANTED" not in str(result.exception)

@@ -4,13 +4,8 @@ the one list call; apply only on its refusals and its errors when no API server 
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -18,15 +13,18 @@ from kubernetes import client
 
 from stockade.catalog import Catalog
 from stockade.errors import DeploymentError, EngineError
-from stockade.orchestrator.k8s import apply, discover_servers, load_api_client, render_server
+from stockade.orchestrator.k8s import DiscoveredServer, apply, discover_servers, load_api_client, render_server
+from tests.k8s.apiserver import FakeApiServer, write_kubeconfig
 
 NS = "stockade-servers"
 
 
-def service(name: str, labels: dict[str, str], ports: list[client.V1ServicePort]) -> client.V1Service:
+def service(name: str, labels: dict[str, str], ports: list[client.V1ServicePort],
+            cluster_ip: str | None = None) -> client.V1Service:
     return client.V1Service(
         metadata=client.V1ObjectMeta(name=name, namespace=NS, labels=labels),
-        spec=client.V1ServiceSpec(type="ClusterIP", ports=ports, selector={"app.kubernetes.io/instance": name}),
+        spec=client.V1ServiceSpec(type="ClusterIP", ports=ports, selector={"app.kubernetes.io/instance": name},
+                                  cluster_ip=cluster_ip),
     )
 
 
@@ -47,17 +45,24 @@ SERVER = {"app.kubernetes.io/name": "stockade-server"}
 
 def test_discover_servers_from_model_objects() -> None:
     lister = ServiceLister([
-        service("mcp-time", {**SERVER, "io.stockade/server": "time"}, [client.V1ServicePort(name="http", port=8080)]),
+        service("mcp-time", {**SERVER, "io.stockade/server": "time", "io.stockade/entry": "time",
+                             "io.stockade/deployment": "d-time"}, [client.V1ServicePort(name="http", port=8080)]),
         service("mcp-fs", {**SERVER, "io.stockade/server": "fs"},
                 [client.V1ServicePort(name="metrics", port=9100), client.V1ServicePort(name="http", port=8081)]),
-        service("mcp-other", {**SERVER, "io.stockade/server": "other"}, [client.V1ServicePort(port=7000)]),
+        service("mcp-other", {**SERVER, "io.stockade/server": "other"}, [client.V1ServicePort(port=7000)],
+                cluster_ip="10.96.0.12"),
+        service("mcp-v6", {**SERVER, "io.stockade/server": "v6"}, [client.V1ServicePort(port=8080)], cluster_ip="fd00::12"),
+        service("mcp-headless", {**SERVER, "io.stockade/server": "headless"}, [client.V1ServicePort(port=8080)],
+                cluster_ip="None"),
         service("unrelated", {"app.kubernetes.io/name": "postgres"}, [client.V1ServicePort(port=5432)]),
         service("no-slug", SERVER, [client.V1ServicePort(port=8080)]),
     ])
     assert discover_servers(lister, NS) == [
-        ("fs", f"http://mcp-fs.{NS}.svc:8081"),
-        ("other", f"http://mcp-other.{NS}.svc:7000"),
-        ("time", f"http://mcp-time.{NS}.svc:8080"),
+        DiscoveredServer("fs", f"http://mcp-fs.{NS}.svc:8081", None, None),
+        DiscoveredServer("headless", f"http://mcp-headless.{NS}.svc:8080", None, None),
+        DiscoveredServer("other", "http://10.96.0.12:7000", None, None),
+        DiscoveredServer("time", f"http://mcp-time.{NS}.svc:8080", "time", "d-time"),
+        DiscoveredServer("v6", "http://[fd00::12]:8080", None, None),
     ]
     assert lister.calls == [(NS, "app.kubernetes.io/name=stockade-server,io.stockade/server")]
 
@@ -69,73 +74,23 @@ def test_discover_servers_finds_what_render_server_renders() -> None:
     # The rendered dict deserialised into the client's model, as the API would return it.
     api = client.ApiClient()
     model = api._ApiClient__deserialize(rendered, "V1Service")  # the client's own deserialiser
-    assert discover_servers(ServiceLister([model]), NS) == [("clock", f"http://mcp-clock.{NS}.svc:8080")]
+    assert discover_servers(ServiceLister([model]), NS) == [
+        DiscoveredServer("clock", f"http://mcp-clock.{NS}.svc:8080", "time", "d1")]
 
 
-@pytest.fixture
-def fake_api_server() -> Iterator[tuple[str, list[str]]]:
-    """A loopback HTTP server answering GET /api/v1/namespaces/<ns>/services like the API server."""
-    seen: list[str] = []
-    body = {
-        "kind": "ServiceList",
-        "apiVersion": "v1",
-        "metadata": {"resourceVersion": "1"},
-        "items": [
-            {
-                "metadata": {"name": "mcp-time", "namespace": NS, "labels": {**SERVER, "io.stockade/server": "time"}},
-                "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http"}]},
-            }
-        ],
-    }
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            if urlsplit(self.path).path != f"/api/v1/namespaces/{NS}/services":
-                self.send_error(404)
-                return
-            payload = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        json.dumps({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": server}}],
-            "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
-            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": NS}}],
-            "current-context": "x",
+def test_discover_servers_through_the_real_client(tmp_path: Path) -> None:
+    with FakeApiServer(NS) as api_server:
+        api_server.services.append({
+            "metadata": {"name": "mcp-time", "namespace": NS, "labels": {**SERVER, "io.stockade/server": "time"}},
+            "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http"}]},
         })
-    )
-    return path
-
-
-def test_discover_servers_through_the_real_client(fake_api_server: tuple[str, list[str]], tmp_path: Path) -> None:
-    url, seen = fake_api_server
-    api_client = load_api_client(kubeconfig(tmp_path / "kubeconfig", url))
-    try:
-        assert discover_servers(client.CoreV1Api(api_client), NS) == [("time", f"http://mcp-time.{NS}.svc:8080")]
-    finally:
-        api_client.close()
-    [path] = seen
+        api_client = load_api_client(api_server.kubeconfig(tmp_path / "kubeconfig"))
+        try:
+            assert discover_servers(client.CoreV1Api(api_client), NS) == [
+                DiscoveredServer("time", f"http://mcp-time.{NS}.svc:8080", None, None)]
+        finally:
+            api_client.close()
+    [path] = api_server.seen
     assert parse_qs(urlsplit(path).query)["labelSelector"] == ["app.kubernetes.io/name=stockade-server,io.stockade/server"]
 
 
@@ -164,4 +119,4 @@ def test_apply_with_no_api_server_listening_says_so(tmp_path: Path) -> None:
     entry = Catalog.load().get("time")
     manifests = render_server(entry, slug="time", namespace=NS, image="i:1", deployment_id="d1", bootstrap={"token": "t"})
     with pytest.raises(EngineError, match=f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"):
-        apply(manifests, namespace=NS, kubeconfig=kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}"))
+        apply(manifests, namespace=NS, kubeconfig=write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", NS))

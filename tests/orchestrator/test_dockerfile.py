@@ -7,7 +7,8 @@ from stockade.orchestrator.dockerfile import ENTRYPOINT, RUNTIME_USER, server_do
 
 def lines_of(**kwargs: object) -> list[str]:
     defaults: dict[str, object] = {"base_image": "stockade/base:bookworm-x", "pip_wheel": "pip-26.3-py3-none-any.whl",
-                                   "ecosystem": "pypi", "requirement": "mcp-server-time==2026.10.19"}
+                                   "ecosystem": "pypi", "requirement": "mcp-server-time==2026.10.19",
+                                   "package": "mcp-server-time", "version": "2026.10.19"}
     defaults.update(kwargs)
     return server_dockerfile(**defaults).splitlines()  # type: ignore[arg-type]
 

@@ -76,6 +76,7 @@ def test_labels() -> None:
         "io.stockade.server": "demo-1",
         "io.stockade.deployment": "dep-123",
         "io.stockade.entry": "demo",
+        "io.stockade.replica": "0",
     }
     assert spec.name == "stockade-demo-1"
 
@@ -149,3 +150,22 @@ def test_owner_scopes_names_and_labels() -> None:
     from stockade.orchestrator.spec import owner_id
 
     assert owner_id(Path("/srv/a")) == owner_id(Path("/srv/a")) != owner_id(Path("/srv/b"))
+
+
+def test_each_replica_is_its_own_equally_hardened_container() -> None:
+    from stockade.orchestrator.spec import network_name, unit_name
+
+    first = container_spec(entry(), slug="demo", deployment_id="d", image="i", network_name="n0",
+                           data_dir=Path("/srv/a"), owner="0a1b2c3d")
+    third = container_spec(entry(), slug="demo", deployment_id="d", image="i", network_name="n2",
+                           data_dir=Path("/srv/a"), owner="0a1b2c3d", replica=2)
+    assert (first.name, third.name) == ("stockade-0a1b2c3d-demo", "stockade-0a1b2c3d-demo.2")
+    assert (first.labels["io.stockade.replica"], third.labels["io.stockade.replica"]) == ("0", "2")
+    assert first.labels["io.stockade.server"] == third.labels["io.stockade.server"] == "demo"
+    same = {k: v for k, v in first.create_kwargs().items() if k not in ("name", "labels", "network", "mounts", "log_config")}
+    assert same == {k: v for k, v in third.create_kwargs().items() if k not in ("name", "labels", "network", "mounts", "log_config")}
+    # '.' never occurs in a slug: no replica is named like another deployment (nor its instance 0)
+    assert unit_name("demo", 1) == "demo.1" != unit_name("demo-1", 0)
+    assert network_name(unit_name("demo", 1), "o") != network_name("demo-1", "o")
+    with pytest.raises(ValueError):
+        unit_name("demo", -1)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 from itertools import islice
+from types import SimpleNamespace
 
 import pytest
 
-from stockade.orchestrator.subnets import engine_subnets, free_subnets, host_routes
+from stockade.errors import DeploymentError
+from stockade.orchestrator.runtime import Orchestrator
+from stockade.orchestrator.subnets import engine_subnets, free_subnets, host_routes, route_source
 
 
 def net(text: str) -> ipaddress.IPv4Network:
@@ -37,3 +40,20 @@ def test_engine_subnets_and_host_routes_are_read() -> None:
     routes = host_routes()
     assert routes and all(isinstance(r, ipaddress.IPv4Network) for r in routes)
     assert net("127.0.0.0/8") in routes or any(r.overlaps(net("127.0.0.1/32")) for r in routes)
+
+
+def test_route_source_names_the_address_the_kernel_sends_from() -> None:
+    assert route_source("127.0.0.9", 8080) == "127.0.0.1"
+
+
+def test_an_instance_network_the_host_does_not_route_to_itself_is_refused() -> None:
+    # What Podman's internal networks look like from the host: a subnet with no address of the
+    # host on it, so traffic to it would follow the default route (or none). TEST-NET-1: the
+    # check only asks the kernel for a route, it sends nothing.
+    unrouted = SimpleNamespace(attrs={"IPAM": {"Config": [{"Subnet": "192.0.2.0/28", "Gateway": "192.0.2.1"}]}})
+    with pytest.raises(DeploymentError, match="the host has no route to t-0 on its own network") as caught:
+        Orchestrator._check_host_route(unrouted, "t-0")
+    assert "Podman" in (caught.value.hint or "")
+    # Loopback stands in for a bridge the host holds the gateway of.
+    routed = SimpleNamespace(attrs={"IPAM": {"Config": [{"Subnet": "127.0.0.0/28", "Gateway": "127.0.0.1"}]}})
+    Orchestrator._check_host_route(routed, "t-1")

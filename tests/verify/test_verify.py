@@ -1,7 +1,12 @@
 """`stockade verify` on the real engine: a properly deployed server passes every check; servers
-weakened on purpose (an extra non-internal network, an added capability, running as root, a
-secret in the container's environment) fail the check that names the weakness; the reports (JSON,
-JUnit, HTML, latest.json for the dashboard) say so; nothing verify creates is left behind.
+weakened on purpose (an extra non-internal network, a network shared with another server, an added
+capability, running as root, a secret in the container's environment, an image other than the
+pinned one, a shell in the image, an unreadable SBOM, an egress server without HTTPS_PROXY) fail
+the check that names the weakness; the reports (JSON, JUnit, HTML, latest.json for the dashboard)
+say so; nothing verify creates is left behind.
+
+The weakened images are built here from the `time` image (and the cached local base for the
+shell), offline, and removed at the end; nothing is pulled.
 
 Network etiquette: traffic goes only to the containers, networks and namespaces created here and
 to listeners verify opens on the host itself.
@@ -9,9 +14,11 @@ to listeners verify opens on the host itself.
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import socket
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +34,9 @@ from stockade.catalog import CatalogEntry
 from stockade.cli.verify import verify_command
 from stockade.config import Settings
 from stockade.control.directory import seal_context
-from stockade.orchestrator.images import BuiltImage
+from stockade.orchestrator.images import BuiltImage, ImageBuilder
 from stockade.orchestrator.runtime import Orchestrator
+from stockade.orchestrator.sbom import SBOM_PATH
 from stockade.orchestrator.spec import container_spec
 from stockade.secrets import Sealer
 from stockade.secrets.keys import load_master_key
@@ -44,16 +52,58 @@ EXTRA_NET = "vt-extranet"
 CAP = "vt-netraw"
 ROOT = "vt-root"
 ENV_SECRET = "vt-envsecret"
-ALL = (GOOD, EXTRA_NET, CAP, ROOT, ENV_SECRET)
+SHARED = "vt-shared"  # also attached to EXTRA_NET's network
+DIGEST = "vt-digest"  # runs an image other than the one its entry pins
+SHELL = "vt-shell"  # its image has /usr/bin/sh
+BAD_SBOM = "vt-badsbom"  # its image's SBOM is not a CycloneDX document
+NO_PROXY = "vt-noproxy"  # profile egress, but started without HTTPS_PROXY
+ALL = (GOOD, EXTRA_NET, CAP, ROOT, ENV_SECRET, SHARED, DIGEST, SHELL, BAD_SBOM, NO_PROXY)
+LABEL_TEST = "io.stockade.verify-test"
 CHECKS = {"bridge", "host", "pivot", "egress", "hardening", "secrets"}
 
 
-def verified_entry(time_entry: CatalogEntry, image_id: str | None = None) -> CatalogEntry:
-    """The `time` entry with one secret variable (and pinned to `image_id`)."""
+def verified_entry(time_entry: CatalogEntry, image_id: str | None = None, *, egress: bool = False) -> CatalogEntry:
+    """The `time` entry with one secret variable (pinned to `image_id`; with `egress`, profile egress)."""
     data = time_entry.model_dump(mode="json")
     data["optional_env"] = [{"name": "PLANTED_SECRET", "secret": True}]
     data["image_digest"] = image_id
+    if egress:
+        data["network"], data["egress"] = "egress", ["allowed.example.test:443"]
     return CatalogEntry.model_validate(data)
+
+
+def build_variant(engine: docker.DockerClient, dockerfile: str, files: dict[str, bytes] | None = None) -> str:
+    """A local image from a Dockerfile and files (offline, never pulled); its id."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as archive:
+        for name, data in {"Dockerfile": dockerfile.encode(), **(files or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o444
+            archive.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image, _ = engine.images.build(fileobj=context, custom_context=True, pull=False, network_mode="none", rm=True,
+                                   forcerm=True, labels={LABEL_TEST: "true"})
+    return str(image.id)
+
+
+@pytest.fixture(scope="module")
+def variants(engine: docker.DockerClient, verify_settings: Settings, time_image: BuiltImage) -> Iterator[dict[str, str]]:
+    """Weakened copies of the `time` image: another image (one label more), one with a shell
+    (dash from the cached base), one whose SBOM is not CycloneDX."""
+    base = ImageBuilder(engine, verify_settings).ensure_base()
+    made = {
+        DIGEST: build_variant(engine, f"FROM {time_image.tag}\nLABEL {LABEL_TEST}.tampered=true\n"),
+        SHELL: build_variant(engine, f"FROM {base} AS shell\nFROM {time_image.tag}\n"
+                                     "COPY --from=shell /usr/bin/dash /usr/bin/sh\n"),
+        BAD_SBOM: build_variant(engine, f"FROM {time_image.tag}\nCOPY sbom.json {SBOM_PATH}\n",
+                                {"sbom.json": b'{"bomFormat": "SPDX", "components": []}'}),
+    }
+    yield made
+    for image_id in made.values():
+        try:
+            engine.images.remove(image_id, force=True)
+        except docker.errors.APIError:
+            pass
 
 
 @dataclass
@@ -80,7 +130,7 @@ def store_deployment(settings: Settings, slug: str, deployment_id: str, token: s
         database.close()
 
 
-def deploy(orchestrator: Orchestrator, settings: Settings, entry: CatalogEntry, image: BuiltImage, slug: str,
+def deploy(orchestrator: Orchestrator, settings: Settings, entry: CatalogEntry, slug: str,
            **weaken: Any) -> Server:
     """Deploy `slug` properly; with `weaken`, recreate its container with those create() arguments
     changed (same name, labels, network and bootstrap line), the way a careless operator might."""
@@ -114,40 +164,52 @@ def entry(time_entry: CatalogEntry, time_image: BuiltImage) -> CatalogEntry:
 
 
 @pytest.fixture(scope="module")
+def egress_entry(time_entry: CatalogEntry) -> CatalogEntry:
+    return verified_entry(time_entry, egress=True)
+
+
+@pytest.fixture(scope="module")
 def servers(orchestrator: Orchestrator, verify_settings: Settings, engine: docker.DockerClient,
-            entry: CatalogEntry, time_image: BuiltImage) -> Iterator[dict[str, Server]]:
-    for slug in ALL:
+            entry: CatalogEntry, egress_entry: CatalogEntry, time_image: BuiltImage,
+            variants: dict[str, str]) -> Iterator[dict[str, Server]]:
+    # in reverse: SHARED holds an endpoint on EXTRA_NET's network
+    for slug in reversed(ALL):
         orchestrator.remove(slug)
     extra_network = None
     made: dict[str, Server] = {}
     try:
-        made[GOOD] = deploy(orchestrator, verify_settings, entry, time_image, GOOD)
-        made[EXTRA_NET] = deploy(orchestrator, verify_settings, entry, time_image, EXTRA_NET)
+        made[GOOD] = deploy(orchestrator, verify_settings, entry, GOOD)
+        made[EXTRA_NET] = deploy(orchestrator, verify_settings, entry, EXTRA_NET)
         extra_network = engine.networks.create(f"vt-open-{secrets.token_hex(3)}", driver="bridge", internal=False,
-                                               labels={"io.stockade.verify-test": "true"})
+                                               labels={LABEL_TEST: "true"})
         extra_network.connect(made[EXTRA_NET].container_id)
-        made[CAP] = deploy(orchestrator, verify_settings, entry, time_image, CAP, cap_add=["NET_RAW"])
-        made[ROOT] = deploy(orchestrator, verify_settings, entry, time_image, ROOT, user="0:0")
-        made[ENV_SECRET] = deploy(orchestrator, verify_settings, entry, time_image, ENV_SECRET,
+        made[SHARED] = deploy(orchestrator, verify_settings, entry, SHARED)
+        extra_net_networks = engine.api.inspect_container(made[EXTRA_NET].container_id)["NetworkSettings"]["Networks"]
+        [own_network] = [name for name in extra_net_networks if name != extra_network.name]
+        engine.networks.get(own_network).connect(made[SHARED].container_id)
+        made[CAP] = deploy(orchestrator, verify_settings, entry, CAP, cap_add=["NET_RAW"])
+        made[ROOT] = deploy(orchestrator, verify_settings, entry, ROOT, user="0:0")
+        made[ENV_SECRET] = deploy(orchestrator, verify_settings, entry, ENV_SECRET,
                                   environment={"PLANTED_SECRET": "{planted}"})
+        for slug in (DIGEST, SHELL, BAD_SBOM):
+            made[slug] = deploy(orchestrator, verify_settings, entry, slug, image=variants[slug])
+        made[NO_PROXY] = deploy(orchestrator, verify_settings, egress_entry, NO_PROXY, environment={})
         yield made
     finally:
-        for slug in ALL:
-            if extra_network is not None and slug == EXTRA_NET:
-                try:
-                    extra_network.disconnect(made[EXTRA_NET].container_id, force=True)
-                except (docker.errors.APIError, KeyError):
-                    pass
+        for slug in reversed(ALL):
             orchestrator.remove(slug)
         if extra_network is not None:
             extra_network.remove()
 
 
 @pytest.fixture(scope="module")
-def overrides(time_entry: CatalogEntry, engine: docker.DockerClient, servers: dict[str, Server]) -> dict[str, CatalogEntry]:
-    """Each server's catalog entry as verify should see it: pinned to the image it runs."""
-    return {slug: verified_entry(time_entry, engine.api.inspect_container(server.container_id)["Image"])
-            for slug, server in servers.items()}
+def overrides(time_entry: CatalogEntry, time_image: BuiltImage, engine: docker.DockerClient,
+              servers: dict[str, Server]) -> dict[str, CatalogEntry]:
+    """Each server's catalog entry as verify should see it: pinned to the image it runs, except
+    DIGEST, whose entry pins the `time` image while it runs another."""
+    pins = {slug: engine.api.inspect_container(server.container_id)["Image"] for slug, server in servers.items()}
+    pins[DIGEST] = time_image.image_id
+    return {slug: verified_entry(time_entry, pin, egress=slug == NO_PROXY) for slug, pin in pins.items()}
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +244,10 @@ def test_a_proper_deployment_passes_every_check(report: dict[str, Any]) -> None:
     assert "canary by raw IP (direct)" in evidence(results["egress"])
     assert "203.0.113." in evidence(results["egress"])
     assert "Uid=65534 CapEff=0000000000000000 NoNewPrivs=1 Seccomp=2 CapBnd=0000000000000000" in evidence(results["hardening"])
+    assert "PASS: image pinned by digest: the container runs sha256:" in evidence(results["hardening"])
+    assert "PASS: image built from the catalog's recipe: mcp-server-time 2026.10.19" in evidence(results["hardening"])
+    assert (f"PASS: SBOM {SBOM_PATH}: CycloneDX" in evidence(results["hardening"])
+            and "lists pkg:pypi/mcp-server-time@2026.10.19" in evidence(results["hardening"]))
     assert "PLANTED_SECRET" in evidence(results["secrets"])
 
 
@@ -224,6 +290,52 @@ def test_a_secret_in_the_environment_fails_secrets(report: dict[str, Any], serve
     for server in servers.values():
         assert server.planted not in text and server.token not in text
     assert cell(report, ENV_SECRET, "hardening")["status"] == "pass"
+
+
+def test_a_network_shared_with_another_server_fails_bridge(report: dict[str, Any]) -> None:
+    bridge = cell(report, SHARED, "bridge")
+    assert bridge["status"] == "fail"
+    assert "is shared with another server's container" in bridge["detail"] and f"({EXTRA_NET})" in bridge["detail"]
+    # the other side sees it too
+    assert f"({SHARED})" in cell(report, EXTRA_NET, "bridge")["detail"]
+    for check in ("hardening", "secrets"):
+        assert cell(report, SHARED, check)["status"] == "pass", cell(report, SHARED, check)
+
+
+def test_an_image_other_than_the_pinned_one_fails_hardening(
+    report: dict[str, Any], time_image: BuiltImage, variants: dict[str, str],
+) -> None:
+    hardening = cell(report, DIGEST, "hardening")
+    assert hardening["status"] == "fail"
+    assert (f"image digest mismatch: the container runs {variants[DIGEST]}, the catalog pins {time_image.image_id}"
+            == hardening["detail"])
+    for check in ("bridge", "host", "pivot", "egress", "secrets"):
+        assert cell(report, DIGEST, check)["status"] == "pass", cell(report, DIGEST, check)
+
+
+def test_a_shell_in_the_image_fails_hardening(report: dict[str, Any]) -> None:
+    hardening = cell(report, SHELL, "hardening")
+    assert hardening["status"] == "fail"
+    assert "shell or package manager in the image: " in hardening["detail"] and "/usr/bin/sh" in hardening["detail"]
+    assert "PASS: image pinned by digest" in evidence(hardening)  # only the shell is wrong
+    assert "no shell or package manager" in evidence(cell(report, GOOD, "hardening"))
+
+
+def test_an_sbom_that_is_not_cyclonedx_fails_hardening(report: dict[str, Any]) -> None:
+    hardening = cell(report, BAD_SBOM, "hardening")
+    assert hardening["status"] == "fail"
+    assert hardening["detail"] == (f"SBOM {SBOM_PATH} unreadable in the running container: "
+                                   "not a CycloneDX document (bomFormat)")
+
+
+def test_an_egress_server_without_https_proxy_fails_egress(report: dict[str, Any]) -> None:
+    egress = cell(report, NO_PROXY, "egress")
+    assert egress["status"] == "fail"
+    assert "profile egress but the container has no HTTPS_PROXY" in egress["detail"]
+    # its own egress proxy on its network is recognised as such, not as another server
+    bridge = cell(report, NO_PROXY, "bridge")
+    assert bridge["status"] == "pass" and "a sidecar of the same deployment (its egress proxy)" in evidence(bridge)
+    assert cell(report, NO_PROXY, "hardening")["status"] == "pass"
 
 
 def test_the_document_and_latest_json(report: dict[str, Any], verify_settings: Settings) -> None:

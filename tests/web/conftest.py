@@ -6,6 +6,7 @@ traffic; nothing here skips.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +160,9 @@ class Watched:
         return [m for m in self.console if "Content Security Policy" in m or "Content-Security-Policy" in m]
 
 
-@pytest.fixture
-def watched(browser: Browser, web: WebPlatform) -> Iterator[Watched]:
+@contextlib.contextmanager
+def watch(browser: Browser, web: WebPlatform) -> Iterator[Watched]:
+    """A fresh browser context (no cookies) on `web`, recording what the browser sees."""
     context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
     page = context.new_page()
     seen = Watched(page=page, context=context, web=web)
@@ -175,8 +177,16 @@ def watched(browser: Browser, web: WebPlatform) -> Iterator[Watched]:
         seen.bodies.append((response.url, response.status, body))
 
     page.on("response", keep_body)
-    yield seen
-    context.close()
+    try:
+        yield seen
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def watched(browser: Browser, web: WebPlatform) -> Iterator[Watched]:
+    with watch(browser, web) as seen:
+        yield seen
 
 
 def console_text(message: ConsoleMessage) -> str:  # pragma: no cover - helper for debugging

@@ -60,8 +60,26 @@ def test_rotate_secret_resource_use_and_log_tail(watched: Watched, docker_client
         expect(row.locator("[data-status]")).to_have_attribute("data-status", "running")
         opener = row.get_by_role("link", name="Rotate secret…")
         expect(opener).to_be_visible()
-        expect(row.get_by_role("link", name=f"Resource use of {slug}")).to_be_visible()
         expect(row.get_by_role("link", name=f"Log tail of {slug}")).to_be_visible()
+
+        # -- health and resource use on the row itself (measured after the page loads) -------------------
+        health = row.locator(".health")
+        expect(health.locator(".replicas")).to_have_text("1 of 1 replica running")
+        expect(health.locator(".restarts")).to_contain_text("restarts: 0")
+        usage = row.locator(f"#usage-{slug}")
+        memory = usage.locator("[data-memory-bytes]")
+        expect(memory).to_contain_text(re.compile(r"\d+(\.\d)? (B|KiB|MiB|GiB) of 192\.0 MiB \(\d+(\.\d)?%\)"))
+        assert int(memory.get_attribute("data-memory-bytes") or "0") > 0
+        expect(usage.get_by_role("meter", name=f"Memory of {slug} against its limit")).to_be_visible()
+        expect(usage).to_contain_text(re.compile(r"CPU\s*\d+\.\d% of 50% allowed"))
+        expect(usage).to_contain_text(re.compile(r"Processes\s*\d+ of 64"))
+        measured_at = usage.locator(".usage-foot .muted").inner_text()
+        refresh = usage.get_by_role("button", name=f"Measure the resource use of {slug} again")
+        refresh.focus()
+        page.keyboard.press("Enter")  # keyboard use: a real button
+        expect(usage.locator("[data-memory-bytes]")).to_be_visible()
+        assert usage.locator(".usage-foot .muted").inner_text().startswith("at ") and measured_at.startswith("at ")
+        watched.shot("servers-resources")
 
         # -- the dialog: keyboard-opened, password input, Escape forgets what was typed ------------------
         opener.focus()

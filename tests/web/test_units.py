@@ -6,16 +6,18 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from fastapi import FastAPI
 
-from stockade.web.dashboard import (
-    SessionStore,
-    bucket_audit,
-    create_dashboard_router,
-    read_verify_results,
-    svg_chart,
-)
+from stockade.config import Settings
+from stockade.errors import ConfigError
+from stockade.web.charts import bucket_audit, svg_chart
+from stockade.web.dashboard import create_dashboard_router
+from stockade.web.oidc_login import OidcClient, s256
+from stockade.web.sessions import SessionStore
+from stockade.web.verification import read_verify_results
 
 
 def test_sessions_are_random_keyed_by_hash_and_expire() -> None:
@@ -67,6 +69,34 @@ def test_buckets_and_chart_svg_need_no_inline_style() -> None:
 def test_dashboard_routes_stay_out_of_the_openapi_document() -> None:
     """The management API's e2e test walks the OpenAPI document expecting JSON 401s; /ui is not part of it."""
     app = FastAPI(openapi_url="/api/openapi.json")
-    app.include_router(create_dashboard_router(None, None, None, data_dir=Path("/nonexistent")), prefix="/ui")  # type: ignore[arg-type]
+    gateway = SimpleNamespace(oidc=None)  # no OIDC issuer: the router needs nothing else at creation
+    app.include_router(create_dashboard_router(None, None, gateway, data_dir=Path("/nonexistent")), prefix="/ui")  # type: ignore[arg-type]
     assert not [p for p in app.openapi()["paths"] if p.startswith("/ui")]
     assert app.url_path_for("ui_login") == "/ui/login"
+
+
+def test_pkce_s256_matches_rfc_7636_appendix_b() -> None:
+    assert s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def test_oidc_client_settings(tmp_path: Path) -> None:
+    trust = {"issuer": "https://idp.example.test", "role_map": {"admins": "admin"}}
+    base = {"data_dir": tmp_path, "control_port": 9123}
+    assert OidcClient.from_settings(Settings(**base, oidc=trust)) is None  # no client id: token sign-in only
+    client = OidcClient.from_settings(Settings(**base, oidc=trust, oidc_client_id="dash", oidc_scopes=" openid  groups "))
+    assert client == OidcClient("dash", None, "http://127.0.0.1:9123/ui/auth/callback", "openid groups")
+    secret = OidcClient.from_settings(Settings(**base, oidc=trust, oidc_client_id="dash", oidc_client_secret="s3",
+                                               oidc_redirect_uri="https://ops.example.test/ui/auth/callback"))
+    assert secret is not None and secret.client_secret == "s3" and secret.redirect_uri.startswith("https://ops.")
+    refused = [
+        ({"oidc_client_id": "dash"}, "no OIDC issuer"),
+        ({"oidc": trust, "oidc_client_id": "dash", "oidc_redirect_uri": "http://ops.example.test/ui/auth/callback"},
+         "https"),
+        ({"oidc": trust, "oidc_client_id": "dash", "oidc_redirect_uri": "https://ops.example.test/elsewhere"},
+         "/ui/auth/callback"),
+        ({"oidc": trust, "oidc_client_id": "dash", "oidc_scopes": "email profile"}, "openid"),
+    ]
+    for overrides, fragment in refused:
+        with pytest.raises(ConfigError) as caught:
+            OidcClient.from_settings(Settings(**base, **overrides))
+        assert fragment in caught.value.message

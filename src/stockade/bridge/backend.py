@@ -212,14 +212,17 @@ class Backend:
 
     async def _write_loop(self, process: ServerProcess) -> None:
         while True:
-            while self._outbox:
-                data = self._outbox.popleft()
+            if self._outbox:
+                # Everything queued since the last write goes out in one write (one syscall under load).
+                lines = list(self._outbox)
+                self._outbox.clear()
                 try:
-                    await process.send(data)
+                    await process.send(b"\n".join(lines))
                 except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    log.debug("server stdin closed; dropping %d queued message(s)", len(self._outbox) + 1)
+                    log.debug("server stdin closed; dropping %d queued message(s)", len(lines) + len(self._outbox))
                     self._outbox.clear()
                     return
+                continue
             self._outbox_event = anyio.Event()
             await self._outbox_event.wait()
 

@@ -117,5 +117,20 @@ def create_app(hub: Hub) -> ASGIApp:
     )
     app.router.redirect_slashes = False
     options = hub.options
-    return Guard(app, token=options.token, allowed_origins=options.allowed_origins,
+    return Guard(McpFirst(streamable, app), token=options.token, allowed_origins=options.allowed_origins,
                  loopback=is_loopback(options.host), max_body=options.max_body)
+
+
+class McpFirst:
+    """Every tool call is a request to /mcp: hand it to the Streamable handler without walking
+    Starlette's route table (the same handler the `/mcp` route names)."""
+
+    def __init__(self, mcp: ASGIApp, app: ASGIApp) -> None:
+        self.mcp = mcp
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mcp":
+            await self.mcp(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -49,6 +49,11 @@ CACHEABLE_METHODS: Final = frozenset(
 )
 """Methods whose 2026-07-28 results carry `ttlMs` / `cacheScope`."""
 
+REMOVED_IN_MODERN: Final = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
+"""Requests that do not exist at 2026-07-28: a client of that revision gets 404 / -32601 for them."""
+
 LIST_CHANGED_NOTIFICATIONS: Final = {
     "notifications/tools/list_changed": "toolsListChanged",
     "notifications/prompts/list_changed": "promptsListChanged",

@@ -2,7 +2,7 @@
 
 One `ServerProcess` is one run of the server command. It owns three pipes:
 
-- stdin: `send()` writes one framed message (serialised by a lock, so lines never interleave);
+- stdin: `send()` writes framed messages (serialised by a lock, so lines never interleave);
 - stdout: `messages()` yields decoded JSON-RPC messages (see `framing`); oversized lines, invalid
   UTF-8 and non-JSON output are logged and skipped, never fatal;
 - stderr: kept in a bounded ring (`StderrRing`) with the bootstrap secret values redacted, and
@@ -105,7 +105,7 @@ class ServerProcess:
         return self._process.returncode
 
     async def send(self, data: bytes) -> None:
-        """Write one message (already serialised, without newline)."""
+        """Write serialised messages (newline-separated, without the final newline)."""
         stdin = self._process.stdin
         assert stdin is not None
         async with self._write_lock:

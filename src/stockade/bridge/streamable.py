@@ -50,6 +50,7 @@ from .jsonrpc import (
     NAME_BEARING_METHODS,
     PARSE_ERROR,
     PROTOCOL_VERSION_META,
+    REMOVED_IN_MODERN,
     REQUEST_TIMEOUT,
     SUBSCRIPTION_ID_META,
     UNSUPPORTED_PROTOCOL_VERSION,
@@ -230,6 +231,8 @@ class Streamable:
         version = headers.get(VERSION_HEADER)
         if session_id is not None:
             await self.legacy_post(receive, send, headers, message, session_id, has_sse)
+        elif version in MODERN_VERSIONS:  # even `initialize`: removed at that revision (404)
+            await self.modern_post(scope, receive, send, headers, message, has_sse)
         elif isinstance(message, dict) and message.get("method") == "initialize":
             await self.legacy_initialize(send, message)
         elif (version is not None and version not in HANDSHAKE_VERSIONS) or _has_envelope(message):
@@ -487,6 +490,10 @@ class Streamable:
         if not valid_id(request_id) or not isinstance(method, str):
             await reject(INVALID_REQUEST, "Body must be a single JSON-RPC request or notification object")
             return
+        if method in REMOVED_IN_MODERN:
+            await reject(METHOD_NOT_FOUND, f"Method not found: {method} does not exist at 2026-07-28",
+                         request_id=request_id)
+            return
         for name in (VERSION_HEADER, METHOD_HEADER, NAME_HEADER):
             if len(headers.getlist(name)) > 1:
                 await reject(HEADER_MISMATCH, f"{name} header appears more than once", request_id=request_id)
@@ -526,6 +533,10 @@ class Streamable:
             await reject(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
                          {"supported": list(MODERN_VERSIONS), "requested": version}, request_id)
             return
+        if "inputResponses" in params and not _valid_input_responses(params["inputResponses"]):  # type: ignore[operator]
+            await reject(INVALID_PARAMS, "inputResponses must map request keys to result objects",
+                         request_id=request_id)
+            return
         if method == "subscriptions/listen" and not has_sse:
             await send_json(send, 406, error_response(request_id, INVALID_REQUEST,
                                                       "Not Acceptable: subscriptions/listen answers text/event-stream"))
@@ -558,9 +569,8 @@ class Streamable:
                 for key, value in responses.items():
                     if key in held.pending:
                         del held.pending[key]
-                        answer = value if isinstance(value, dict) else {}
                         self.hub.mux.from_client_response(peer, {"jsonrpc": "2.0", "id": _request_id_of(key),
-                                                                 "result": answer})
+                                                                 "result": value})
             context = ModernContext(peer, method, request_id, dict(held.pending))
         else:
             peer = ExchangePeer(capabilities, log_level)
@@ -633,6 +643,10 @@ def _has_envelope(message: Any) -> bool:
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     return isinstance(meta, dict) and PROTOCOL_VERSION_META in meta
+
+
+def _valid_input_responses(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(answer, dict) for answer in value.values())
 
 
 def _request_id_of(key: str) -> Any:

@@ -1,7 +1,8 @@
 """`stockade k8s`: render catalog entries as Kubernetes manifests, and apply them.
 
 `render` needs no cluster and prints no secret value (bootstrap Secrets hold placeholders).
-`apply` needs a kubeconfig (or in-cluster credentials) and a bootstrap file per server.
+`apply` needs a kubeconfig (or in-cluster credentials), a bootstrap file of variable values per
+server, and the master key the gateways use: each bridge token is derived from it, never stored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 
 from stockade.catalog import Catalog, CatalogEntry, NetworkProfile
 from stockade.errors import ConfigError
+from stockade.secrets import Sealer, load_master_key
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: render manifests for catalog entries and apply them.")
 
@@ -24,7 +26,7 @@ PrefixOpt = Annotated[str, typer.Option("--image-prefix", help="Registry prefix 
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog YAML (default: STOCKADE_CATALOG_FILE, else the bundled one).")]
 PullOpt = Annotated[str, typer.Option("--pull-policy", help="imagePullPolicy: IfNotPresent, Never (images loaded on nodes) or Always.")]
 ClientsNsOpt = Annotated[str | None, typer.Option("--clients-namespace", help="Namespace of the gateway and control plane, if not --namespace.")]
-ProxyUrlOpt = Annotated[str, typer.Option("--egress-proxy-url", help="The egress proxy as servers reach it.")]
+ProxyUrlOpt = Annotated[str | None, typer.Option("--egress-proxy-url", help="The egress proxy as servers reach it (default: STOCKADE_K8S_EGRESS_PROXY_URL).")]
 ProxyNsOpt = Annotated[str | None, typer.Option("--egress-proxy-namespace", help="Namespace of the egress proxy, if not --namespace.")]
 NamespaceDocOpt = Annotated[bool, typer.Option("--namespace-manifest/--no-namespace-manifest", help="Include the Namespace (restricted Pod Security).")]
 
@@ -51,13 +53,15 @@ def _render(
     image_prefix: str,
     pull_policy: str,
     clients_namespace: str | None,
-    egress_proxy_url: str,
+    egress_proxy_url: str | None,
     egress_proxy_namespace: str | None,
     include_namespace: bool,
     bootstraps: dict[str, dict[str, str]] | None,
+    sealer: Sealer | None = None,
 ) -> list[dict[str, Any]]:
     from stockade.orchestrator.k8s import (
         OPEN_NETWORK_WARNING,
+        bridge_token_context,
         default_deployment_id,
         egress_allowlist,
         image_for,
@@ -65,20 +69,29 @@ def _render(
         render_server,
     )
 
+    if egress_proxy_url is None:
+        from stockade.config import load_settings
+
+        egress_proxy_url = load_settings().k8s_egress_proxy_url
     manifests: list[dict[str, Any]] = [render_namespace(namespace)] if include_namespace else []
     for entry in entries:
         slug = entry.name
+        deployment_id = default_deployment_id(namespace, slug)
+        bootstrap = None
+        if bootstraps is not None and sealer is not None:
+            token = sealer.derive_token(bridge_token_context(namespace, slug, deployment_id))
+            bootstrap = {"token": token, **bootstraps[slug]}
         manifests += render_server(
             entry,
             slug=slug,
             namespace=namespace,
             image=image_for(entry, image_prefix),
-            deployment_id=default_deployment_id(namespace, slug),
+            deployment_id=deployment_id,
             clients_namespace=clients_namespace,
             egress_proxy_url=egress_proxy_url,
             egress_proxy_namespace=egress_proxy_namespace,
             image_pull_policy=pull_policy,
-            bootstrap=None if bootstraps is None else bootstraps[slug],
+            bootstrap=bootstrap,
         )
         if entry.network is NetworkProfile.open:
             _say(f"[bold red]WARNING[/bold red] {slug}: {OPEN_NETWORK_WARNING}")
@@ -95,7 +108,7 @@ def _render(
 
 
 def _read_bootstraps(directory: Path, entries: list[CatalogEntry]) -> dict[str, dict[str, str]]:
-    """`<slug>.json` files in the bridge's own format: {"token": "...", "env": {"NAME": "value"}}."""
+    """`<slug>.json` files of variable values: {"env": {"NAME": "value"}}."""
     found: dict[str, dict[str, str]] = {}
     missing = []
     for entry in entries:
@@ -108,11 +121,14 @@ def _read_bootstraps(directory: Path, entries: list[CatalogEntry]) -> dict[str, 
             env = document.get("env") or {}
             if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
                 raise ValueError("env must map names to strings")
-            found[entry.name] = {"token": str(document.get("token") or ""), **env}
         except (OSError, ValueError, AttributeError) as exc:  # never echo the content
-            raise ConfigError(f"{path}: not a bootstrap document ({type(exc).__name__})", hint='expected {"token": "...", "env": {...}}') from None
+            raise ConfigError(f"{path}: not a bootstrap document ({type(exc).__name__})", hint='expected {"env": {...}}') from None
+        if "token" in document:
+            raise ConfigError(f"{path}: bridge tokens are derived from the master key, not given",
+                              hint='remove the "token" key; keep {"env": {...}}')
+        found[entry.name] = env
     if missing:
-        raise ConfigError(f"no bootstrap file for: {', '.join(missing)}", hint='write {"token": "...", "env": {...}} per server, mode 0600')
+        raise ConfigError(f"no bootstrap file for: {', '.join(missing)}", hint='write {"env": {...}} per server, mode 0600')
     return found
 
 
@@ -125,7 +141,7 @@ def render(
     catalog: CatalogOpt = None,
     pull_policy: PullOpt = "IfNotPresent",
     clients_namespace: ClientsNsOpt = None,
-    egress_proxy_url: ProxyUrlOpt = "http://stockade-egress-proxy:3128",
+    egress_proxy_url: ProxyUrlOpt = None,
     egress_proxy_namespace: ProxyNsOpt = None,
     namespace_manifest: NamespaceDocOpt = True,
 ) -> None:
@@ -157,20 +173,27 @@ def apply(
     entries: EntriesArg = None,
     namespace: NamespaceOpt = "stockade-servers",
     image_prefix: PrefixOpt = "",
-    bootstrap_dir: Annotated[Path, typer.Option("--bootstrap-dir", help="Directory of <slug>.json bootstrap files (token and variable values).")] = Path("bootstrap"),
+    bootstrap_dir: Annotated[Path, typer.Option("--bootstrap-dir", help="Directory of <slug>.json bootstrap files (variable values).")] = Path("bootstrap"),
     kubeconfig: Annotated[Path | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config).")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Kubeconfig context.")] = None,
     catalog: CatalogOpt = None,
     pull_policy: PullOpt = "IfNotPresent",
     clients_namespace: ClientsNsOpt = None,
-    egress_proxy_url: ProxyUrlOpt = "http://stockade-egress-proxy:3128",
+    egress_proxy_url: ProxyUrlOpt = None,
     egress_proxy_namespace: ProxyNsOpt = None,
     namespace_manifest: NamespaceDocOpt = True,
 ) -> None:
-    """Render and server-side apply catalog entries to a cluster (never tested against a real one here)."""
+    """Render and server-side apply catalog entries to a cluster (never tested against a real one here).
+
+    Needs the gateways' master key (STOCKADE_MASTER_KEY, the key file or the keyring, as configured):
+    each server's bridge token is derived from it, so gateways find it without reading any Secret.
+    """
+    from stockade.config import load_settings
     from stockade.orchestrator.k8s import apply as apply_manifests
 
     chosen = _entries(entries, catalog)
+    bootstraps = _read_bootstraps(bootstrap_dir, chosen)
+    sealer = Sealer(load_master_key(load_settings(), create=False))
     manifests = _render(
         chosen,
         namespace=namespace,
@@ -180,7 +203,8 @@ def apply(
         egress_proxy_url=egress_proxy_url,
         egress_proxy_namespace=egress_proxy_namespace,
         include_namespace=namespace_manifest,
-        bootstraps=_read_bootstraps(bootstrap_dir, chosen),
+        bootstraps=bootstraps,
+        sealer=sealer,
     )
     for applied in apply_manifests(manifests, namespace=namespace, kubeconfig=kubeconfig, context=context):
         _say(f"applied {applied}")

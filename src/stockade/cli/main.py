@@ -133,7 +133,8 @@ def images(
 
 
 # -- deployments ------------------------------------------------------------------------------------
-DEPLOYMENT_COLUMNS = ("slug", "entry", "status", "restarts", "last_exit", "endpoint", "error")
+DEPLOYMENT_COLUMNS = ("slug", "entry", "status", "replicas", "restarts", "last_exit", "endpoint", "error")
+INSTANCE_COLUMNS = ("number", "status", "restarts", "last_exit", "error")
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -151,12 +152,15 @@ def deploy(
     server: Annotated[str, typer.Argument(help="Catalog entry to deploy.")],
     slug: Annotated[str | None, typer.Option(help="Deployment name (default: the entry name).")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE; repeat.")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Instances to run (default: the catalog entry's).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Deploy a catalog entry and wait until it answers."""
     body: dict[str, Any] = {"server": server, "env": _parse_env(env or [])}
     if slug:
         body["slug"] = slug
+    if replicas is not None:
+        body["replicas"] = replicas
     with console.status(f"deploying {slug or server}…"):
         result = api().request("POST", "/deployments", json=body)
     emit(result, as_json=as_json, columns=DEPLOYMENT_COLUMNS)
@@ -171,6 +175,26 @@ def list_servers(as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def status(slug: str, as_json: JsonOption = False) -> None:
+    """A deployment's status and the health of each of its instances."""
+    result = api().request("GET", f"/deployments/{slug}")
+    if as_json:
+        emit(result, as_json=True)
+        return
+    emit(result, as_json=False, columns=DEPLOYMENT_COLUMNS)
+    emit(result["instances"], as_json=False, columns=INSTANCE_COLUMNS, title=f"Instances of {slug}")
+
+
+@app.command()
+def scale(slug: str, replicas: Annotated[int, typer.Argument(help="How many instances to run.")],
+          as_json: JsonOption = False) -> None:
+    """Run this many instances of a server (new ones join once ready; surplus ones drain first)."""
+    with console.status(f"scaling {slug} to {replicas}…"):
+        result = api().request("POST", f"/deployments/{slug}/scale", json={"replicas": replicas})
+    emit(result, as_json=as_json, columns=DEPLOYMENT_COLUMNS)
+
+
+@app.command()
 def stop(slug: str, as_json: JsonOption = False) -> None:
     """Stop a server; its stored variables stay for a later restart."""
     emit(api().request("POST", f"/deployments/{slug}/stop"), as_json=as_json, columns=DEPLOYMENT_COLUMNS)
@@ -178,7 +202,7 @@ def stop(slug: str, as_json: JsonOption = False) -> None:
 
 @app.command()
 def restart(slug: str, as_json: JsonOption = False) -> None:
-    """Start a stopped server, or replace a running one with a fresh container."""
+    """Start a stopped server, or replace a running one with fresh containers (no call dropped)."""
     with console.status(f"restarting {slug}…"):
         result = api().request("POST", f"/deployments/{slug}/restart")
     emit(result, as_json=as_json, columns=DEPLOYMENT_COLUMNS)
@@ -232,7 +256,7 @@ def secrets_rotate(
     names: Annotated[list[str], typer.Argument(help="Variable names; values are asked for, hidden.")],
     from_stdin: Annotated[bool, typer.Option("--stdin", help="Read NAME=VALUE lines from stdin.")] = False,
 ) -> None:
-    """Set new values and move the server onto them now."""
+    """Set new values and move the server onto them now, without dropping calls in flight."""
     values = _read_values(names, from_stdin)
     with console.status(f"rotating {', '.join(names)} on {slug}…"):
         api().request("POST", f"/deployments/{slug}/variables:rotate", json={"env": values})

@@ -15,14 +15,17 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from starlette.concurrency import iterate_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import func, select
+from starlette.concurrency import iterate_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from stockade import metrics
-from stockade.catalog import SLUG_PATTERN, NetworkProfile
+from stockade.catalog import MAX_REPLICAS, SLUG_PATTERN, NetworkProfile
 from stockade.control.deployments import Deployments, DeploymentView
 from stockade.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDenied, StockadeError
 from stockade.gateway.app import Gateway
@@ -43,10 +46,78 @@ from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
 from stockade.web import create_dashboard_router
 
 
+class ErrorOut(BaseModel):
+    """The body of every error answer: what went wrong and, where there is one, what to do."""
+
+    error: str
+    hint: str | None
+
+
+_ERROR_MEANINGS = {
+    400: "the body is not readable as JSON (e.g. not UTF-8)",
+    401: "missing, unknown, revoked or expired token",
+    403: "the token is not an admin's",
+    404: "nothing by that name",
+    409: "not possible in the current state",
+    422: "the request is not valid",
+    502: "the server's container did not start or answer",
+    503: "the container engine is unreachable",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route answers with.
+
+    Declaring 422 also replaces FastAPI's own validation-error schema: this API answers bad
+    input with an `ErrorOut` too.
+    """
+    return {status: {"model": ErrorOut, "description": _ERROR_MEANINGS[status]} for status in statuses}
+
+
+# Routes answering text say so themselves: with `response_class=PlainTextResponse` FastAPI would
+# document their JSON error bodies as text/plain too.
+_TEXT: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+def _iso_datetime(value: object) -> object:
+    # pydantic also reads numbers as Unix times, so `until=0.5` would silently mean 1970
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("use an ISO 8601 time, e.g. 2026-11-01T00:00:00Z") from None
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+
+# Audit ids are 32-bit on PostgreSQL; a larger bound would overflow SQLite's integers instead of matching nothing.
+MAX_AUDIT_ID = 2**31 - 1
+
+
 class DeployRequest(BaseModel):
     server: str = Field(description="catalog entry name")
     slug: Annotated[str, Field(pattern=SLUG_PATTERN)] | None = None
     env: dict[str, str] = Field(default_factory=dict, description="variable values; secret ones are never returned")
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | None = Field(
+        default=None, description="instances to run (default: the catalog entry's, usually 1)")
+
+
+class ScaleIn(BaseModel):
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = Field(description="instances to run")
+
+
+class InstanceOut(BaseModel):
+    """One replica of a deployment; the gateway routes calls to those `running`."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int = Field(description="names its container: stockade-<owner>-<slug>[.<number>]")
+    status: str = Field(description="starting | running | restarting | draining | crash-loop")
+    restarts: int = Field(description="times this instance's container or server process died and was restarted")
+    last_exit: str | None
+    error: str | None
+    updated_at: datetime
 
 
 class DeploymentOut(BaseModel):
@@ -62,6 +133,8 @@ class DeploymentOut(BaseModel):
     warning: str | None = Field(default=None, description="set for the `open` network profile")
     created_at: datetime
     updated_at: datetime
+    replicas: int = Field(description="instances that should run")
+    instances: list[InstanceOut] = Field(description="the instances that exist now, with their health")
 
 
 class VariablesIn(BaseModel):
@@ -180,8 +253,8 @@ class AuditFilters:
     server: str | None = None
     tool: str | None = None
     outcome: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: IsoDatetime | None = None
+    until: IsoDatetime | None = None
 
 
 class ChainProblemOut(BaseModel):
@@ -258,43 +331,70 @@ def create_control_app(
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
         return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the message names each bad field but never echoes its value (it may be a secret)
+        problems = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        body = ErrorOut(error=f"invalid request: {'; '.join(problems[:5])}{more}",
+                        hint="/api/openapi.json describes what each route accepts")
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route on the path; `Allow` must list all
+            methods = {method for route in request.app.router.routes if route.matches(request.scope)[0] is not Match.NONE
+                       for method in getattr(route, "methods", None) or ()}
+            headers["Allow"] = ", ".join(sorted(methods))
+        return JSONResponse(ErrorOut(error=str(exc.detail), hint=None).model_dump(), status_code=exc.status_code,
+                            headers=headers)
+
     @app.get("/health", tags=["open"])
     async def health() -> dict[str, str]:
         return {"status": "alive"}
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)])
+    # Any route may refuse a caller or input; those without a body or parameters never answer 400 or 422.
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], responses=_errors(400, 401, 403, 422))
 
     @api.get("/catalog")
     async def list_catalog() -> list[dict[str, Any]]:
         return [entry.model_dump(mode="json") for entry in deployments.catalog.servers]
 
-    @api.get("/catalog/{name}")
+    @api.get("/catalog/{name}", responses=_errors(404))
     async def get_catalog_entry(name: str) -> dict[str, Any]:
         return deployments.catalog.get(name).model_dump(mode="json")
 
-    @api.post("/deployments", status_code=201)
+    @api.post("/deployments", status_code=201, responses=_errors(404, 409, 502, 503))
     async def create_deployment(body: DeployRequest) -> DeploymentOut:
-        created = await anyio.to_thread.run_sync(lambda: deployments.create(body.server, slug=body.slug, env=body.env))
+        created = await anyio.to_thread.run_sync(
+            lambda: deployments.create(body.server, slug=body.slug, env=body.env, replicas=body.replicas))
         return view(await anyio.to_thread.run_sync(deployments.start, created.slug))
 
     @api.get("/deployments")
     async def list_deployments() -> list[DeploymentOut]:
         return [view(d) for d in await anyio.to_thread.run_sync(deployments.list)]
 
-    @api.get("/deployments/{slug}")
+    @api.get("/deployments/{slug}", responses=_errors(404))
     async def get_deployment(slug: str) -> DeploymentOut:
         return view(await anyio.to_thread.run_sync(deployments.get, slug))
 
-    @api.post("/deployments/{slug}/stop")
+    @api.post("/deployments/{slug}/stop", responses=_errors(404, 503))
     async def stop_deployment(slug: str) -> DeploymentOut:
         return view(await anyio.to_thread.run_sync(deployments.stop, slug))
 
-    @api.post("/deployments/{slug}/restart")
+    @api.post("/deployments/{slug}/restart", responses=_errors(404, 502, 503))
     async def restart_deployment(slug: str) -> DeploymentOut:
-        """Start a stopped deployment, or replace a running one with a fresh container."""
+        """Start a stopped deployment, or replace a running one with fresh containers (blue/green)."""
         return view(await anyio.to_thread.run_sync(deployments.start, slug))
 
-    @api.get("/deployments/{slug}/variables")
+    @api.post("/deployments/{slug}/scale", responses=_errors(404, 422, 502, 503))
+    async def scale_deployment(slug: str, body: ScaleIn) -> DeploymentOut:
+        """Run this many instances: new ones join once ready, surplus ones finish their calls first."""
+        return view(await anyio.to_thread.run_sync(lambda: deployments.scale(slug, body.replicas)))
+
+    @api.get("/deployments/{slug}/variables", responses=_errors(404))
     async def list_variables(slug: str) -> list[VariableOut]:
         """Names, whether secret, and when each was set: never a value."""
         def run() -> list[VariableOut]:
@@ -305,17 +405,18 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.put("/deployments/{slug}/variables")
+    @api.put("/deployments/{slug}/variables", responses=_errors(404))
     async def set_variables(slug: str, body: VariablesIn) -> DeploymentOut:
         """Set values (sealed at once); the server gets them when it next starts (see :rotate)."""
         return view(await anyio.to_thread.run_sync(lambda: deployments.set_variables(slug, body.env)))
 
-    @api.post("/deployments/{slug}/variables:rotate")
+    @api.post("/deployments/{slug}/variables:rotate", responses=_errors(404, 502, 503))
     async def rotate_variables(slug: str, body: VariablesIn) -> DeploymentOut:
-        """Set values and move the server onto them with a fresh container."""
+        """Set values and move the server onto them without dropping calls: new instances start with
+        them, the gateway switches once they are ready, then the old ones finish their calls and go."""
         return view(await anyio.to_thread.run_sync(lambda: deployments.rotate(slug, body.env)))
 
-    @api.get("/deployments/{slug}/resources")
+    @api.get("/deployments/{slug}/resources", responses=_errors(404, 409, 503))
     async def deployment_resources(slug: str) -> ResourceUseOut:
         """Memory, CPU and process count of the server's container now."""
         use = await anyio.to_thread.run_sync(deployments.resource_use, slug)
@@ -323,13 +424,13 @@ def create_control_app(
             raise ConflictError(f"{slug!r} has no running container")
         return ResourceUseOut(**use.__dict__)
 
-    @api.get("/deployments/{slug}/logs", response_class=PlainTextResponse)
+    @api.get("/deployments/{slug}/logs", response_class=Response, responses={**_TEXT, **_errors(404, 503)})
     async def deployment_logs(slug: str, tail: Annotated[int, Query(ge=1, le=5000)] = 200) -> PlainTextResponse:
         """The container's recent output (bounded), secret values redacted."""
         text = await anyio.to_thread.run_sync(lambda: deployments.logs(slug, tail=tail))
         return PlainTextResponse(text)
 
-    @api.delete("/deployments/{slug}", status_code=204)
+    @api.delete("/deployments/{slug}", status_code=204, responses=_errors(404, 503))
     async def delete_deployment(slug: str) -> None:
         await anyio.to_thread.run_sync(deployments.remove, slug)
 
@@ -341,7 +442,7 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.put("/roles/{name}")
+    @api.put("/roles/{name}", responses=_errors(409))
     async def put_role(name: Annotated[str, Path(pattern=ROLE_PATTERN)], body: RoleIn) -> RoleOut:
         def run() -> RoleOut:
             with database.session() as session:
@@ -355,7 +456,7 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.delete("/roles/{name}", status_code=204)
+    @api.delete("/roles/{name}", status_code=204, responses=_errors(404, 409))
     async def delete_role(name: str) -> None:
         def run() -> None:
             with database.session() as session:
@@ -371,7 +472,7 @@ def create_control_app(
 
         await anyio.to_thread.run_sync(run)
 
-    @api.post("/members", status_code=201)
+    @api.post("/members", status_code=201, responses=_errors(409))
     async def add_member(body: MemberIn) -> MemberOut:
         def run() -> MemberOut:
             with database.session() as session:
@@ -388,7 +489,7 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.post("/members/{name}/tokens", status_code=201)
+    @api.post("/members/{name}/tokens", status_code=201, responses=_errors(404))
     async def mint_member_token(name: str, body: TokenIn) -> MintedTokenOut:
         def run() -> MintedTokenOut:
             with database.session() as session:
@@ -409,7 +510,7 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.delete("/tokens/{token_id}")
+    @api.delete("/tokens/{token_id}", responses=_errors(404))
     async def revoke(token_id: str) -> RevokedOut:
         def run() -> TokenOut:
             with database.session() as session:
@@ -419,7 +520,7 @@ def create_control_app(
         closed = await gateway.close_token(token_id)
         return RevokedOut(**token.model_dump(), streams_closed=closed.streams, sessions_closed=closed.sessions)
 
-    @api.post("/members/{name}/offboard")
+    @api.post("/members/{name}/offboard", responses=_errors(404))
     async def offboard(name: str) -> OffboardOut:
         """Revoke every token of a member and close what they hold open; the member stays for audit."""
         def run() -> list[str]:
@@ -435,7 +536,7 @@ def create_control_app(
             streams, sessions = streams + closed.streams, sessions + closed.sessions
         return OffboardOut(member=name, tokens_revoked=revoked, streams_closed=streams, sessions_closed=sessions)
 
-    @api.delete("/members/{name}")
+    @api.delete("/members/{name}", responses=_errors(404, 409))
     async def remove_member(name: str, principal: Principal = Depends(require_admin)) -> OffboardOut:
         """Remove a member: their tokens are revoked first, then the member is deleted."""
         if name == principal.member:
@@ -449,7 +550,7 @@ def create_control_app(
         await anyio.to_thread.run_sync(run)
         return result
 
-    @api.get("/servers/{slug}/tools")
+    @api.get("/servers/{slug}/tools", responses=_errors(404))
     async def tool_pins(slug: str) -> list[ToolPinOut]:
         def run() -> list[ToolPinOut]:
             deployments.get(slug)
@@ -461,11 +562,15 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.post("/servers/{slug}/tools/approve")
+    @api.post("/servers/{slug}/tools/approve", responses=_errors(404, 409, 502))
     async def approve_tools(slug: str, body: ApproveIn, principal: Principal = Depends(require_admin)) -> list[str]:
         """Pin the definitions the server offers now (all tools, or those named)."""
         only = set(body.tools) if body.tools is not None else None
-        approved = await anyio.to_thread.run_sync(lambda: deployments.approve_tools(slug, only))
+        # The gateway's directory: the same servers callers reach (on Kubernetes, found through Services).
+        upstream = await gateway.directory.resolve(slug)
+        if upstream is None:
+            raise NotFoundError(f"no running server named {slug!r}", hint="list them with `stockade servers`")
+        approved = await anyio.to_thread.run_sync(lambda: gateway.pins.approve(slug, deployments.fetch_tools(upstream), only=only))
         for tool in approved:
             await record_admin_action(principal, "tools/approve", slug, tool)
         return approved
@@ -473,13 +578,14 @@ def create_control_app(
     @api.get("/audit")
     async def query_audit(
         filters: AuditFilters = Depends(),
-        after_id: Annotated[int, Query(ge=0)] = 0,
+        after_id: Annotated[int, Query(ge=0, le=MAX_AUDIT_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditOut]:
         records = await anyio.to_thread.run_sync(lambda: audit.query(**vars(filters), limit=limit, after_id=after_id))
         return [AuditOut.model_validate(r, from_attributes=True) for r in records]
 
-    @api.get("/audit/export", response_class=StreamingResponse)
+    @api.get("/audit/export", response_class=StreamingResponse,
+             responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}})
     async def export_audit(filters: AuditFilters = Depends()) -> StreamingResponse:
         """Every matching record as JSON Lines (hashes included, so an export can be verified)."""
         return StreamingResponse(iterate_in_threadpool(audit.export_lines(**vars(filters))), media_type="application/jsonl")
@@ -500,7 +606,7 @@ def create_control_app(
 
         return await anyio.to_thread.run_sync(run)
 
-    @api.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    @api.get("/metrics", response_class=Response, responses=_TEXT, tags=["operations"])
     async def prometheus_metrics() -> PlainTextResponse:
         """Prometheus exposition format; scrape with the admin token as a bearer credential."""
         metrics.ACTIVE_SESSIONS.set(gateway.streams.session_count())

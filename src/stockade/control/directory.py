@@ -1,4 +1,8 @@
-"""The gateway's view of deployments: which server answers where, with which bridge token."""
+"""The gateway's view of deployments: which replicas of a server answer where, with which bridge token.
+
+Only instances in state `running` are routed to: the supervisor takes a dead one out within a
+pass, a rotation switches from old to new instances in one transaction.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ import anyio
 from sqlalchemy import select
 
 from stockade.catalog import Catalog
-from stockade.gateway.upstream import Upstream
+from stockade.gateway.upstream import Replica, Upstream
 from stockade.secrets import Sealer
 from stockade.store.database import Database
-from stockade.store.models import Deployment
+from stockade.store.models import Deployment, Instance
 
 # Several processes may serve the gateway while another one redeploys: a short cache keeps the
-# database off the hot path without serving a stale endpoint for long.
+# database off the hot path without serving a stale endpoint for long. Whoever takes an instance
+# out of service waits this long (and a little) before stopping it.
 CACHE_SECONDS = 1.0
 
 
@@ -46,16 +51,21 @@ class DeploymentDirectory:
 
     def _running_slugs(self) -> list[str]:
         with self._db.session() as session:
-            return list(session.scalars(select(Deployment.slug).where(Deployment.status == "running").order_by(Deployment.slug)))
+            serving = select(Instance.deployment_id).where(Instance.status == "running")
+            return list(session.scalars(select(Deployment.slug).where(Deployment.id.in_(serving)).order_by(Deployment.slug)))
 
     def load(self, slug: str) -> Upstream | None:
         with self._db.session() as session:
             row = session.scalar(select(Deployment).where(Deployment.slug == slug))
-            if row is None or row.status != "running" or row.endpoint is None:
-                return None
-            return self.upstream_of(row)
+            return self.upstream_of(row) if row is not None else None
 
-    def upstream_of(self, row: Deployment) -> Upstream:
-        token = self._sealer.open(row.bridge_token, context=seal_context(row.id, "bridge-token")).decode()
-        allowlist = tuple(self.catalog.get(row.entry).tools)
-        return Upstream(slug=row.slug, endpoint=row.endpoint or "", token=token, tool_allowlist=allowlist)
+    def upstream_of(self, row: Deployment) -> Upstream | None:
+        """The deployment's running replicas, or None when none is."""
+        replicas = tuple(Replica(i.number, i.endpoint) for i in row.instances if i.status == "running" and i.endpoint)
+        if not replicas:
+            return None
+        return Upstream(slug=row.slug, token=self.bridge_token(row), replicas=replicas,
+                        tool_allowlist=tuple(self.catalog.get(row.entry).tools))
+
+    def bridge_token(self, row: Deployment) -> str:
+        return self._sealer.open(row.bridge_token, context=seal_context(row.id, "bridge-token")).decode()

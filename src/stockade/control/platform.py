@@ -16,6 +16,7 @@ from sqlalchemy import select
 from stockade.catalog import Catalog
 from stockade.config import Settings
 from stockade.control.api import create_control_app
+from stockade.control.cluster_directory import ClusterDirectory
 from stockade.control.deployments import Deployments
 from stockade.control.directory import DeploymentDirectory
 from stockade.control.supervisor import Supervisor
@@ -23,7 +24,9 @@ from stockade.gateway.app import Gateway, create_gateway_app
 from stockade.gateway.identity import MintedToken, create_member, mint_token
 from stockade.gateway.oidc import OidcConfig
 from stockade.gateway.pins import ToolPins
+from stockade.gateway.upstream import ServerDirectory
 from stockade.logs import configure_logging
+from stockade.orchestrator.k8s import load_api_client
 from stockade.orchestrator.runtime import Orchestrator
 from stockade.verify import run_verify
 from stockade.secrets import Sealer, load_master_key
@@ -90,12 +93,22 @@ class Platform:
         self.directory = DeploymentDirectory(self.database, self.sealer, self.catalog)
         pins = ToolPins(self.database)
         oidc = OidcConfig.load({"audience": settings.gateway_url, **settings.oidc}) if settings.oidc else None
-        self.gateway = Gateway(self.database, self.directory, public_url=settings.gateway_url, oidc=oidc, pins=pins,
+        self.gateway = Gateway(self.database, self._gateway_directory(), public_url=settings.gateway_url, oidc=oidc, pins=pins,
                                rate_per_minute=settings.rate_limit_per_minute, rate_burst=settings.rate_limit_burst)
         self.deployments: Deployments | None = None
         if control:
             orchestrator = Orchestrator(settings, progress=progress)
             self.deployments = Deployments(self.database, self.sealer, self.directory, orchestrator, pins)
+
+    def _gateway_directory(self) -> ServerDirectory:
+        """Where the gateway finds servers: the database's deployments, or on Kubernetes the Services."""
+        namespace = self.settings.k8s_servers_namespace
+        if namespace is None:
+            return self.directory
+        from kubernetes import client
+
+        api_client = load_api_client(self.settings.k8s_kubeconfig)
+        return ClusterDirectory(client.CoreV1Api(api_client), namespace, self.sealer, self.catalog)
 
     def _server(self, app: object, host: str, port: int) -> _Server:
         config = uvicorn.Config(app, host=host, port=port, log_level=self.settings.log_level.lower(),
@@ -146,4 +159,6 @@ class Platform:
                 log.info("audit retention: removed %d records older than %d days", deleted, days)
 
     def close(self) -> None:
+        if self.deployments is not None:
+            self.deployments.close()
         self.database.close()

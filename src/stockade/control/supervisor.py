@@ -1,8 +1,9 @@
 """Keeps deployments running: a container that died is restarted with exponential backoff.
 
-The bridge inside each container restarts its own server process; this covers what the bridge
-cannot: the container itself exiting (an OOM kill, the bridge crashing, the engine restarting).
-Each death is recorded (restart count, why it died); a server that keeps dying is left stopped in
+Each instance (replica) of a deployment is watched and restarted on its own; the others keep
+serving meanwhile. The bridge inside each container restarts its own server process; this covers
+what the bridge cannot: the container itself exiting (an OOM kill, the bridge crashing, the engine
+restarting). Each death is recorded (restart count, why it died); a server that keeps dying is left stopped in
 state `crash-loop` with the reason, instead of being restarted forever.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from stockade.control.deployments import Deployments
-from stockade.errors import StockadeError
+from stockade.errors import NotFoundError, StockadeError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ class Supervisor:
         self._max_backoff = max_backoff
         self._limit = crash_loop_limit
         self._window = crash_loop_window
-        self._history: dict[str, _History] = {}
-        # (container id, restarts the bridge reported) per server, to count only new restarts.
-        self._bridge_restarts: dict[str, tuple[str, int]] = {}
+        self._history: dict[tuple[str, int], _History] = {}  # per instance (slug, number)
+        # (container id, restarts the bridge reported) per instance, to count only new restarts.
+        self._bridge_restarts: dict[tuple[str, int], tuple[str, int]] = {}
         self._passes = 0
         self._retention = retention
 
@@ -70,35 +71,49 @@ class Supervisor:
             self._deployments.orchestrator.record_egress_denials()
         if self._retention is not None and self._passes % RETENTION_EVERY == 1:
             self._retention()
+        for slug in self._deployments.supervised():
+            with self._deployments.exclusive(slug, wait=False) as ours:
+                if not ours:
+                    continue  # a start, scale, rotation or stop is under way: look again next pass
+                try:
+                    self._check(slug)
+                except NotFoundError:
+                    continue  # removed meanwhile
+
+    def _check(self, slug: str) -> None:
         now = time.monotonic()
-        for slug, exit_reason in self._deployments.dead_instances():
-            history = self._history.setdefault(slug, _History())
+        for number, exit_reason in self._deployments.dead_instances(slug):
+            name = slug if number == 0 else f"{slug} (instance {number})"
+            history = self._history.setdefault((slug, number), _History())
             if exit_reason is not None:
                 history.deaths = [t for t in history.deaths if now - t < self._window] + [now]
                 backoff = min(self._max_backoff, self._base_backoff * 2 ** (len(history.deaths) - 1))
                 history.next_attempt = now + backoff
                 if len(history.deaths) > self._limit:
-                    self._deployments.mark_crash_loop(slug, exit_reason, len(history.deaths), self._window)
+                    self._deployments.mark_crash_loop(slug, number, exit_reason, len(history.deaths), self._window)
                     continue
-                self._deployments.record_exit(slug, exit_reason)
-                log.warning("server %s %s; restarting in %.0f s", slug, exit_reason, backoff)
+                self._deployments.record_exit(slug, number, exit_reason)
+                log.warning("server %s %s; restarting in %.0f s", name, exit_reason, backoff)
             if now < history.next_attempt:
                 continue
             try:
-                self._deployments.start(slug, status_on_failure="restarting")
-                log.info("server %s restarted", slug)
+                self._deployments.restart_instance(slug, number)
+                log.info("server %s restarted", name)
             except StockadeError as exc:
-                log.error("restarting %s failed: %s", slug, exc)
+                log.error("restarting %s failed: %s", name, exc)
                 history.deaths.append(now)
                 history.next_attempt = now + min(self._max_backoff, self._base_backoff * 2 ** len(history.deaths))
 
     def observe_bridges(self) -> None:
         """Record restarts of server processes inside containers (e.g. one the OOM killer ended)."""
-        for slug, container_id, restarts, last_exit in self._deployments.bridge_reports():
-            seen_container, seen = self._bridge_restarts.get(slug, (container_id, 0))
+        for slug, number, container_id, restarts, last_exit in self._deployments.bridge_reports():
+            seen_container, seen = self._bridge_restarts.get((slug, number), (container_id, 0))
             if seen_container != container_id:
                 seen = 0  # a new container's bridge counts from zero
             if restarts > seen:
-                self._deployments.record_process_restarts(slug, restarts - seen, last_exit)
+                try:
+                    self._deployments.record_process_restarts(slug, number, restarts - seen, last_exit)
+                except NotFoundError:
+                    continue  # retired or removed meanwhile
                 log.warning("server %s restarted its process %d time(s): %s", slug, restarts - seen, last_exit)
-            self._bridge_restarts[slug] = (container_id, restarts)
+            self._bridge_restarts[(slug, number)] = (container_id, restarts)

@@ -22,6 +22,7 @@ from stockade.errors import AuthenticationError
 from stockade.gateway import jsonrpc
 from stockade.gateway.aggregate import AGGREGATE, create_aggregate_server
 from stockade.gateway.audit import AuditLog
+from stockade.gateway.audit_writer import AuditWriter
 from stockade.gateway.identity import Principal, authenticate, bearer_from_header, role_rules
 from stockade.gateway.oidc import InsufficientScope, OidcConfig, OidcIdentity, OidcVerifier, looks_like_jwt
 from stockade.gateway.pins import ToolPins
@@ -53,6 +54,7 @@ class Gateway:
         self.database = database
         self.directory = directory
         self.audit = AuditLog(database)
+        self.audit_writer = AuditWriter(self.audit)
         self.pins = pins or ToolPins(database)
         self.streams = StreamRegistry()
         self.limiter: RateLimiter = create_rate_limiter(database, per_minute=rate_per_minute, burst=rate_burst)
@@ -90,16 +92,21 @@ class Gateway:
 
     async def throttle(self, principal: Principal) -> JSONResponse | None:
         """None when the member may make another request now, else the 429 to send."""
-        wait = await anyio.to_thread.run_sync(self.limiter.acquire, principal.member)
+        if self.limiter.blocking:
+            wait = await anyio.to_thread.run_sync(self.limiter.acquire, principal.member)
+        else:
+            wait = self.limiter.acquire(principal.member)
         return too_many_requests(wait) if wait > 0 else None
 
     async def end_upstream_session(self, slug: str, session_id: str) -> None:
         upstream = await self.directory.resolve(slug)
-        if upstream is None or self.http is None:
-            return
+        pinned = upstream.session_replica(session_id) if upstream is not None else None
+        if upstream is None or pinned is None or self.http is None:
+            return  # no such server or replica any more: the session ended with it
+        replica, session = pinned
         try:
-            await self.http.delete(f"{upstream.endpoint}/mcp", headers={
-                "authorization": f"Bearer {upstream.token}", "mcp-session-id": session_id})
+            await self.http.delete(f"{replica.endpoint}/mcp", headers={
+                "authorization": f"Bearer {upstream.token}", "mcp-session-id": session})
         except httpx2.HTTPError as exc:
             log.warning("could not end session on %s: %s", slug, type(exc).__name__)
 
@@ -165,11 +172,15 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
             gateway.http = http
             if gateway.oidc is not None:
                 gateway.verifier = OidcVerifier(gateway.oidc, http)
-            app.state.proxy = McpProxy(http, gateway.audit, gateway.pins, gateway.streams)
-            async with aggregate.run(), anyio.create_task_group() as tasks:
-                tasks.start_soon(gateway.watch_revocations)
-                yield
-                tasks.cancel_scope.cancel()
+            app.state.proxy = McpProxy(http, gateway.audit_writer, gateway.pins, gateway.streams)
+            async with anyio.create_task_group() as writing:
+                await writing.start(gateway.audit_writer.run)
+                async with aggregate.run(), anyio.create_task_group() as tasks:
+                    tasks.start_soon(gateway.watch_revocations)
+                    yield
+                    tasks.cancel_scope.cancel()
+                # Last: every call still in flight above has had its record committed.
+                writing.cancel_scope.cancel()
             gateway.http = None
 
     app = FastAPI(title="Stockade gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -190,7 +201,7 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
             await rpc_error(404, jsonrpc.INVALID_REQUEST, "session not found")(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
-        with anyio.CancelScope() as held, gateway.streams.track(principal.token_id, held):
+        with anyio.CancelScope() as held, gateway.streams.track(principal, held):
             await aggregate.handle_request(scope, receive, send)
 
     # A Route whose endpoint is not a plain function is served as an ASGI app (no Request wrapping).

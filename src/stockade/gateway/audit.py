@@ -10,7 +10,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,7 +66,11 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def append(self, event: AuditEvent) -> None:
-        """Write one record durably; returns only after commit (an acknowledged call is audited).
+        """Write one record durably; returns only after commit (an acknowledged call is audited)."""
+        self.append_many([event])
+
+    def append_many(self, events: Sequence[AuditEvent]) -> None:
+        """Write records in order, chained, in one transaction; returns only after commit.
 
         Several gateway processes may append at once: on PostgreSQL an advisory lock serializes
         the read-last-then-insert; on any database a lost race (the same id taken) is retried.
@@ -74,35 +78,38 @@ class AuditLog:
         for attempt in range(_APPEND_ATTEMPTS):
             try:
                 with self._lock:
-                    self._append_once(event)
+                    self._append_once(events)
                 return
             except (IntegrityError, OperationalError):
                 if attempt == _APPEND_ATTEMPTS - 1:
                     raise
                 time.sleep(0.005 * (attempt + 1))
 
-    def _append_once(self, event: AuditEvent) -> None:
+    def _append_once(self, events: Sequence[AuditEvent]) -> None:
         with self._db.session() as session:
             if session.bind is not None and session.bind.dialect.name == "postgresql":
                 session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
             last = session.execute(select(AuditRecord.id, AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)).first()
-            record = AuditRecord(
-                id=(last.id + 1) if last else 1,
-                ts=utcnow(),
-                member=event.member,
-                token_id=event.token_id,
-                server=event.server,
-                method=event.method,
-                tool=event.tool,
-                latency_ms=round(event.latency_ms, 3),
-                outcome=event.outcome,
-                error_code=event.error_code,
-                request_id=event.request_id,
-                prev_hash=last.hash if last else GENESIS,
-                hash="",
-            )
-            record.hash = record_digest(record)
-            session.add(record)
+            last_id, last_hash = (last.id, last.hash) if last else (0, GENESIS)
+            for event in events:
+                record = AuditRecord(
+                    id=last_id + 1,
+                    ts=utcnow(),
+                    member=event.member,
+                    token_id=event.token_id,
+                    server=event.server,
+                    method=event.method,
+                    tool=event.tool,
+                    latency_ms=round(event.latency_ms, 3),
+                    outcome=event.outcome,
+                    error_code=event.error_code,
+                    request_id=event.request_id,
+                    prev_hash=last_hash,
+                    hash="",
+                )
+                record.hash = record_digest(record)
+                session.add(record)
+                last_id, last_hash = record.id, record.hash
 
     def export_lines(self, **filters: Any) -> Iterator[bytes]:
         """Matching records as JSON Lines, in batches (for downloads of any size)."""

@@ -33,6 +33,7 @@ class Principal:
     role: str
     token_id: str
     rules: tuple[Rule, ...] = ()
+    expires_at: datetime | None = None  # streams held open by this credential end then
 
     @property
     def is_admin(self) -> bool:
@@ -108,7 +109,8 @@ def authenticate(session: Session, presented: str | None) -> Principal:
         raise AuthenticationError("token revoked")
     if token.expires_at is not None and token.expires_at <= now:
         raise AuthenticationError("token expired")
-    return Principal(member=member.name, role=member.role, token_id=token.id, rules=role_rules(rules))
+    return Principal(member=member.name, role=member.role, token_id=token.id, rules=role_rules(rules),
+                     expires_at=token.expires_at)
 
 
 def bearer_from_header(value: str | None) -> str | None:

@@ -210,7 +210,8 @@ class OidcIdentity:
 
     def principal(self, rules: tuple[Rule, ...] = ()) -> Principal:
         """The gateway's `Principal` for this caller (`rules` are the mapped role's rules)."""
-        return Principal(member=self.member, role=self.role, token_id=self.token_id, rules=rules)
+        return Principal(member=self.member, role=self.role, token_id=self.token_id, rules=rules,
+                         expires_at=self.expires_at)
 
 
 def _b64url_decode(segment: str) -> bytes:
@@ -318,6 +319,7 @@ class OidcVerifier:
         self._clock = monotonic
         self._lock = anyio.Lock()
         self._jwks_uri: str | None = None
+        self._discovery: dict[str, Any] | None = None
         self._discovered_at: float | None = None
         self._keys: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
@@ -328,6 +330,11 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> OidcIdentity:
         """The identity a token speaks for, or `AuthenticationError` / `InsufficientScope`."""
+        identity, _ = await self.verify_claims(token)
+        return identity
+
+    async def verify_claims(self, token: str) -> tuple[OidcIdentity, dict[str, Any]]:
+        """`verify`, also returning the verified claims (an ID token's `nonce` is checked by its caller)."""
         if not looks_like_jwt(token):
             raise AuthenticationError("bearer token is not a well-formed JWT")
         try:
@@ -349,7 +356,24 @@ class OidcVerifier:
 
         key = await self._signing_key(kid, alg)
         claims = self._decode(token, key)
-        return self._identity(token, claims)
+        return self._identity(token, claims), claims
+
+    async def endpoint(self, name: str) -> str:
+        """A URL named in the issuer's discovery document (e.g. `token_endpoint`), checked like the issuer's."""
+        if self._discovery is None:
+            await self._refresh(lambda: self._discovery is None)
+        if self._discovery is None:
+            raise AuthenticationError(
+                f"identity provider unreachable; last attempt: {self._last_error or 'none yet'}",
+                hint="retry shortly; if this persists, check the issuer URL and the provider's status",
+            )
+        value = self._discovery.get(name)
+        if not isinstance(value, str):
+            raise AuthenticationError(f"identity provider's discovery document has no {name}")
+        try:
+            return _check_url(value, name)
+        except ValueError as exc:
+            raise AuthenticationError(f"identity provider's discovery document: {exc}") from None
 
     async def refresh(self) -> None:
         """Fetch discovery and keys now (for example at start-up), ignoring the rate limit once."""
@@ -443,6 +467,7 @@ class OidcVerifier:
                 raise AuthenticationError(f"identity provider's {exc}") from None
             if self._jwks_uri is None:
                 raise AuthenticationError("identity provider's discovery document has no jwks_uri")
+            self._discovery = discovery
             self._discovered_at = now
         keys = _usable_keys(await self._get_json(self._jwks_uri, "JWKS"), self.config.algorithms)
         if not keys:

@@ -8,6 +8,7 @@ is released to the client.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -20,13 +21,14 @@ from starlette.responses import JSONResponse, Response
 
 from stockade import metrics
 from stockade.gateway import jsonrpc
-from stockade.gateway.audit import AuditEvent, AuditLog
+from stockade.gateway.audit import AuditEvent
+from stockade.gateway.audit_writer import AuditWriter
 from stockade.gateway.identity import Principal
 from stockade.gateway.pins import ToolPins
 from stockade.gateway.policy import Kind, is_allowed
 from stockade.gateway.sse import event_json, replace_event_data, split_events
 from stockade.gateway.streams import StreamRegistry
-from stockade.gateway.upstream import Upstream
+from stockade.gateway.upstream import Replica, Upstream, client_session_id
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 FORWARDED_REQUEST_HEADERS = (
@@ -50,6 +52,8 @@ LIST_METHODS = {
 }
 
 Rewrite = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Failures after which the request certainly never reached the replica: safe to send to another.
+NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout)
 
 
 class BodyTooLarge(Exception):
@@ -73,14 +77,15 @@ def rpc_error(status: int, code: int, message: str, request_id: Any = None) -> J
 
 
 class McpProxy:
-    def __init__(self, http: httpx2.AsyncClient, audit: AuditLog, pins: ToolPins, streams: StreamRegistry) -> None:
+    def __init__(self, http: httpx2.AsyncClient, audit: AuditWriter, pins: ToolPins, streams: StreamRegistry) -> None:
         self._http = http
         self._audit = audit
         self._pins = pins
         self.streams = streams
+        self._turns = itertools.count()  # round-robin over each server's replicas
 
     async def record(self, event: AuditEvent) -> None:
-        await anyio.to_thread.run_sync(self._audit.append, event)
+        await self._audit.append(event)
         server = event.server or ""
         metrics.CALLS.labels(server, event.method, event.tool or "", event.outcome).inc()
         metrics.LATENCY.labels(server, event.method).observe(event.latency_ms / 1000)
@@ -154,9 +159,16 @@ class McpProxy:
 
     # -- the REST surface -----------------------------------------------------------------------
     async def rest(self, upstream: Upstream, method: str, path: str, *, json_body: Any = None) -> httpx2.Response:
-        response = await self._http.request(method, f"{upstream.endpoint}{path}", json=json_body,
-                                            headers={"authorization": f"Bearer {upstream.token}"})
-        return response
+        candidates = upstream.rotation(next(self._turns))
+        for replica in candidates:
+            try:
+                return await self._http.request(method, f"{replica.endpoint}{path}", json=json_body,
+                                                headers={"authorization": f"Bearer {upstream.token}"})
+            except NEVER_SENT:
+                # The request never reached this replica (it just died): another one may take it.
+                if replica is candidates[-1]:
+                    raise
+        raise AssertionError("an upstream always has a replica")
 
     async def rest_call(self, principal: Principal, upstream: Upstream, tool: str, arguments: dict[str, Any]) -> Response:
         call = jsonrpc.Call(id=f"rest-{time.time_ns()}", method="tools/call", name=tool)
@@ -181,10 +193,34 @@ class McpProxy:
         return JSONResponse(payload, status_code=response.status_code)
 
     # -- forwarding -----------------------------------------------------------------------------
-    def _upstream_headers(self, request: Request, upstream: Upstream) -> dict[str, str]:
+    def _upstream_headers(self, request: Request, upstream: Upstream, session: str | None) -> dict[str, str]:
         headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
         headers["authorization"] = f"Bearer {upstream.token}"
+        if session is not None:
+            headers["mcp-session-id"] = session  # the bridge's own id (clients see it prefixed)
         return headers
+
+    async def _send(self, request: Request, upstream: Upstream, body: bytes | None) -> tuple[Replica, httpx2.Response] | Response:
+        """Send to the replica holding the request's session, else round-robin (moving on to the
+        next replica only when one refuses the connection). The 404 to send when the session's
+        replica is gone."""
+        client_session = request.headers.get("mcp-session-id")
+        session = None
+        if client_session is None:
+            candidates = upstream.rotation(next(self._turns))
+        elif (pinned := upstream.session_replica(client_session)) is not None:
+            candidates, session = (pinned[0],), pinned[1]
+        else:
+            return rpc_error(404, jsonrpc.INVALID_REQUEST, "session not found; start a new session")
+        headers = self._upstream_headers(request, upstream, session)
+        for replica in candidates:
+            sent = self._http.build_request(request.method, f"{replica.endpoint}/mcp", headers=headers, content=body)
+            try:
+                return replica, await self._http.send(sent, stream=True)
+            except NEVER_SENT:
+                if replica is candidates[-1]:
+                    raise
+        raise AssertionError("an upstream always has a replica")
 
     async def forward(
         self,
@@ -198,20 +234,21 @@ class McpProxy:
     ) -> Response:
         """Send the request on; stream the answer back, auditing `call` when its response passes."""
         started = time.perf_counter()
-        upstream_request = self._http.build_request(
-            request.method, f"{upstream.endpoint}/mcp", headers=self._upstream_headers(request, upstream), content=body
-        )
         try:
-            response = await self._http.send(upstream_request, stream=True)
+            sent = await self._send(request, upstream, body)
         except httpx2.HTTPError as exc:
             if call is not None:
                 await self.record(self.event(principal, upstream.slug, call, started, "failed", jsonrpc.UPSTREAM_UNAVAILABLE))
             return rpc_error(502, jsonrpc.UPSTREAM_UNAVAILABLE,
                              f"server {upstream.slug!r} is unavailable ({type(exc).__name__}); try again shortly",
                              call.id if call else None)
-        headers = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS}
+        if isinstance(sent, Response):
+            return sent
+        replica, response = sent
+        headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS}
         session_id = response.headers.get("mcp-session-id")
         if session_id is not None:
+            session_id = headers["mcp-session-id"] = client_session_id(replica, session_id)
             self.streams.claim_session(upstream.slug, session_id, principal.member, principal.token_id)
         if request.method == "DELETE" and response.status_code < 300 and "mcp-session-id" in request.headers:
             self.streams.end_session(upstream.slug, request.headers["mcp-session-id"])
@@ -275,7 +312,7 @@ class EventRelay(Response):
                     tasks.cancel_scope.cancel()
 
                 tasks.start_soon(watch_disconnect)
-                with self._proxy.streams.track(self._principal.token_id, tasks.cancel_scope):
+                with self._proxy.streams.track(self._principal, tasks.cancel_scope):
                     async for event in split_events(self._upstream.aiter_raw()):
                         if not audited:
                             event, audited = await self._settle_event(event)

@@ -19,6 +19,9 @@ from stockade.store.database import Database
 
 
 class RateLimiter(Protocol):
+    # Whether acquire waits on I/O (and so belongs on a worker thread, off the event loop).
+    blocking: bool
+
     def acquire(self, key: str) -> float:
         """Take one token; returns 0 when admitted, else the seconds until one is available."""
         ...
@@ -31,6 +34,8 @@ class _Bucket:
 
 
 class MemoryRateLimiter:
+    blocking = False
+
     def __init__(self, *, per_minute: int, burst: int) -> None:
         if per_minute <= 0 or burst <= 0:
             raise ValueError("rate limits must be positive")
@@ -53,6 +58,8 @@ class MemoryRateLimiter:
 
 class DatabaseRateLimiter:
     """Buckets in PostgreSQL, shared by every gateway process (row-locked, the database's clock)."""
+
+    blocking = True
 
     def __init__(self, database: Database, *, per_minute: int, burst: int) -> None:
         if database.engine.dialect.name != "postgresql":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 from sqlalchemy import select
 
+from stockade.gateway.identity import Principal
 from stockade.store.database import Database
 from stockade.store.models import Token, utcnow
 
@@ -36,8 +37,16 @@ class StreamRegistry:
         self._session_owner: dict[tuple[str, str], tuple[str, str]] = {}  # -> (member, token id)
 
     @contextlib.contextmanager
-    def track(self, token_id: str, scope: anyio.CancelScope) -> Iterator[None]:
-        """Register the cancel scope of a stream held open by `token_id`; `close_token` cancels it."""
+    def track(self, principal: Principal, scope: anyio.CancelScope) -> Iterator[None]:
+        """Register the cancel scope of a stream held open by `principal`'s token.
+
+        `close_token` cancels it on revocation; the token's expiry ends it on its own, since a
+        credential checked once when the stream opened must not keep it open past its lifetime.
+        """
+        if principal.expires_at is not None:
+            remaining = (principal.expires_at - utcnow()).total_seconds()
+            scope.deadline = min(scope.deadline, anyio.current_time() + remaining)
+        token_id = principal.token_id
         self._held[token_id].scopes.add(scope)
         try:
             yield

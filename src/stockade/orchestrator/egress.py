@@ -24,6 +24,9 @@ The squid configuration, rule order and why:
   4. the listed pairs are allowed; everything else is denied.
 `host:port` matches the host exactly; `*.domain:port` matches subdomains of domain only (not domain
 itself). No caching; the access log goes to stdout, where `count_denials` finds TCP_DENIED lines.
+A listed name is looked up in the proxy's /etc/hosts (`Settings.egress_hosts`) first, then asked of
+`Settings.egress_dns` (squid's `dns_nameservers`) or, without it, of Docker's embedded DNS (the
+host's resolvers).
 """
 
 from __future__ import annotations
@@ -144,12 +147,13 @@ def parse_allowlist(entries: Iterable[str]) -> tuple[AllowRule, ...]:
 
 
 def squid_conf(allowlist: Iterable[str] | Sequence[AllowRule], *, deny_addresses: Iterable[str] = (),
-               port: int = PROXY_PORT, listen: str | None = None) -> str:
+               port: int = PROXY_PORT, listen: str | None = None, nameservers: Sequence[str] = ()) -> str:
     """The complete squid.conf for one server's proxy (pure).
 
     `deny_addresses`: extra addresses/networks denied as destinations (the host's own addresses,
     the server network pool). `listen`: the address squid binds (the proxy's address on the server
-    network), else all.
+    network), else all. `nameservers`: the resolvers squid asks about listed names, else the
+    container's own (Docker's embedded DNS, which forwards to the host's resolvers).
     """
     items = list(allowlist)
     rules = tuple(items) if all(isinstance(i, AllowRule) for i in items) and items else parse_allowlist(
@@ -211,6 +215,7 @@ def squid_conf(allowlist: Iterable[str] | Sequence[AllowRule], *, deny_addresses
         "pinger_enable off",
         "max_filedescriptors 1024",
         "hosts_file /etc/hosts",
+        *([f"dns_nameservers {' '.join(_nameservers(nameservers))}"] if nameservers else []),
         "shutdown_lifetime 1 seconds",
         "visible_hostname stockade-egress",
         "httpd_suppress_version_string on",
@@ -219,6 +224,13 @@ def squid_conf(allowlist: Iterable[str] | Sequence[AllowRule], *, deny_addresses
         "",
     ]
     return "\n".join(lines)
+
+
+def _nameservers(addresses: Sequence[str]) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(address)) for address in addresses]
+    except ValueError as exc:
+        raise ValueError(f"an egress DNS server must be an IP address: {exc}") from None
 
 
 def count_denials(log_text: str) -> int:
@@ -252,11 +264,11 @@ def outbound_key(key: str) -> str:
 
 def proxy_container_kwargs(*, image: str, slug: str, owner: str, allowlist: Sequence[str],
                            outbound_network: str, listen_ip: str, extra_hosts: Mapping[str, str],
-                           deny_addresses: Iterable[str] = ()) -> dict[str, Any]:
+                           deny_addresses: Iterable[str] = (), nameservers: Sequence[str] = ()) -> dict[str, Any]:
     """Keyword arguments for `docker.containers.create` of a server's proxy (pure)."""
     from docker.types import LogConfig
 
-    conf = squid_conf(allowlist, deny_addresses=deny_addresses, listen=listen_ip)
+    conf = squid_conf(allowlist, deny_addresses=deny_addresses, listen=listen_ip, nameservers=nameservers)
     return {
         "image": image,
         "name": proxy_container_name(slug, owner),

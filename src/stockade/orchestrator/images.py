@@ -14,14 +14,15 @@ and builds run with `pull=False` from that local image only.
 
 from __future__ import annotations
 
+
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import stockade
 from stockade.catalog import CatalogEntry
 from stockade.config import Settings
 from stockade.errors import ImageBuildError
-from stockade.orchestrator import dockerfile, packages
+from stockade.orchestrator import dockerfile, packages, sbom
 
 Progress = Callable[[str], None]
 
@@ -45,6 +46,7 @@ LABEL_BRIDGE_VERSION = "io.stockade.bridge-version"
 LABEL_BUILD_HASH = "io.stockade.build-hash"
 LABEL_BASE_IMAGE = "io.stockade.base-image"
 LABEL_FLAVOUR = "io.stockade.flavour"
+LABEL_SBOM = sbom.LABEL_SBOM
 BASE_REPOSITORY = "stockade/base"
 
 # One build at a time per process: two deployments of the same entry must not race to build it.
@@ -61,6 +63,18 @@ class BuiltImage:
 
 def _noop(_: str) -> None:
     pass
+
+
+def repo_digests(image_attrs: Mapping[str, Any]) -> list[str]:
+    """The registry manifest digests an image is known by (none for an image built here)."""
+    return sorted({d.rpartition("@")[2] for d in image_attrs.get("RepoDigests") or []})
+
+
+def matches_pin(pin: str, image_attrs: Mapping[str, Any]) -> bool:
+    """Whether an image (`docker image inspect`) is the one a catalog pin names. The pin is the image
+    id -- the sha256 of the image's configuration, which names every layer by the digest of its
+    content, so equal ids mean equal images -- or, for an image from a registry, a manifest digest."""
+    return pin == image_attrs.get("Id") or pin in repo_digests(image_attrs)
 
 
 def server_repository(entry_name: str) -> str:
@@ -100,6 +114,10 @@ class ImageBuilder:
         self.distroless = distroless
         self._wheel: tuple[Path, str] | None = None
         self._node_version: str | None = None
+        # Per entry: the image this process last found up to date for it. Its build inputs are
+        # what this process has cached (the wheel, the node version), so only the image itself
+        # can have gone; a deploy then skips assembling and hashing a build context.
+        self._up_to_date: dict[str, BuiltImage] = {}
 
     @property
     def cache_dir(self) -> Path:
@@ -174,14 +192,29 @@ class ImageBuilder:
 
     # -- servers -------------------------------------------------------------------------------------
     def ensure_server_image(self, entry: CatalogEntry) -> BuiltImage:
+        """The entry's image: the local one it names, or built from its recipe; refused when the
+        catalog pins a digest (`image_digest`) and the image is not that one."""
         if entry.image is not None:
-            return self._check_prebuilt(entry)
-        assert entry.build is not None
-        with _BUILD_LOCK:
-            return self._ensure_built(entry)
+            built = self._check_prebuilt(entry)
+        else:
+            assert entry.build is not None
+            with _BUILD_LOCK:
+                built = self._still_up_to_date(entry) or self._ensure_built(entry)
+                self._up_to_date[entry.name] = built
+        if entry.image_digest is not None:
+            attrs = self.client.api.inspect_image(built.image_id)
+            if not matches_pin(entry.image_digest, attrs):
+                raise ImageBuildError(
+                    f"the image of catalog entry {entry.name!r} is {attrs['Id']} "
+                    f"(repository digests: {', '.join(repo_digests(attrs)) or 'none'}), not the catalog's pinned "
+                    f"{entry.image_digest}",
+                    hint="the image differs from the one the catalog approved: review it, then pin its id "
+                         "(docker image inspect) or remove image_digest from the entry",
+                )
+        return built
 
     def _check_prebuilt(self, entry: CatalogEntry) -> BuiltImage:
-        """A catalog entry naming a local image: it must exist (never pulled) and match its digest."""
+        """A catalog entry naming a local image: it must exist (never pulled)."""
         assert entry.image is not None
         image = self._local_image(entry.image)
         if image is None:
@@ -189,16 +222,20 @@ class ImageBuilder:
                 f"image {entry.image!r} of catalog entry {entry.name!r} is not on this engine",
                 hint="load or build it locally (docker load / docker build); Stockade never pulls images",
             )
-        if entry.image_digest is not None:
-            digests = {d.rpartition("@")[2] for d in image.attrs.get("RepoDigests") or []}
-            if entry.image_digest != image.id and entry.image_digest not in digests:
-                raise ImageBuildError(
-                    f"image {entry.image!r} has id {image.id} (digests: {', '.join(sorted(digests)) or 'none'}),"
-                    f" not the catalog's {entry.image_digest}",
-                    hint="the local image differs from the one the catalog approved",
-                )
         self.progress(f"{entry.name}: using local image {entry.image}")
         return BuiltImage(tag=entry.image, image_id=image.id, built=False, labels=dict(image.labels or {}))
+
+    def _still_up_to_date(self, entry: CatalogEntry) -> BuiltImage | None:
+        known = self._up_to_date.get(entry.name)
+        if known is None or self._wheel is None or not self._wheel[0].exists():
+            return None  # the wheel changed (a new source tree): the build inputs must be hashed again
+        image = self._local_image(known.tag)
+        if image is None or image.id != known.image_id:
+            return None
+        if (image.labels or {}).get(LABEL_BUILD_HASH) != known.labels.get(LABEL_BUILD_HASH):
+            return None
+        self.progress(f"{entry.name}: image {known.tag} is up to date")
+        return replace(known, built=False)
 
     def _ensure_built(self, entry: CatalogEntry) -> BuiltImage:
         build = entry.build
@@ -217,17 +254,21 @@ class ImageBuilder:
         bridge_dir = packages.pip_download(self.cache_dir, bridge_reqs.splitlines(), say, label="bridge")
         server_dir: Path | None = None
         node: Path | None = None
+        node_version: str | None = None
         if build.ecosystem == "pypi":
             assert build.pypi is not None
             server_dir = packages.pip_download(self.cache_dir, [build.pypi], say, label=entry.name)
         else:
             assert build.npm is not None
             server_dir = packages.npm_install(self.cache_dir, build.npm, say)
-            node = packages.node_binary(self.cache_dir, self._newest_node(), say)
+            node_version = self._newest_node()
+            node = packages.node_binary(self.cache_dir, node_version, say)
 
         text = dockerfile.server_dockerfile(base_image=base, pip_wheel=pip_wheels[-1].name,
                                             ecosystem=build.ecosystem, requirement=build.pypi,
-                                            distroless=self.distroless)
+                                            package=build.package, version=build.version,
+                                            distroless=self.distroless,
+                                            node_version=node_version)
         contexts = self.cache_dir / "contexts"
         contexts.mkdir(parents=True, exist_ok=True)
         context = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", dir=contexts))
@@ -238,6 +279,8 @@ class ImageBuilder:
             for name, script in (("mkvenv", dockerfile.MKVENV), ("collect-runtime", dockerfile.COLLECT_RUNTIME)):
                 (tools / name).write_text(script)
                 (tools / name).chmod(0o755)
+            # the SBOM generator runs in the build stage as a plain script (standard library only)
+            _link_or_copy(Path(sbom.__file__), context / "sbom" / "sbom.py")
             _link_or_copy(pip_wheels[-1], context / "pip" / pip_wheels[-1].name)
             _copy_tree(bridge_dir, context / "wheels-bridge")
             (context / "wheels-bridge" / "requirements.txt").write_text(bridge_reqs)
@@ -262,11 +305,12 @@ class ImageBuilder:
                 LABEL_BUILD_HASH: digest,
                 LABEL_BASE_IMAGE: f"{base}@{base_image.id}",
                 LABEL_FLAVOUR: "distroless" if self.distroless else "plain",
+                LABEL_SBOM: sbom.SBOM_PATH,
             }
             # Processes sharing the cache (and the engine) build one hash once: the second waits,
             # then finds the first one's image.
             with packages.file_lock(self.cache_dir / "locks" / f"build-{digest[:16]}.lock"):
-                existing = self._image_with_hash(digest)
+                existing = self._image_with_hash(tag, digest)
                 if existing is not None:
                     if tag not in (existing.tags or []):
                         existing.tag(server_repository(entry.name), digest[:16])
@@ -347,6 +391,11 @@ class ImageBuilder:
         except docker.errors.APIError as exc:
             raise ImageBuildError(f"cannot inspect image {name!r}: {exc.explanation or exc}") from None
 
-    def _image_with_hash(self, digest: str) -> Any:
+    def _image_with_hash(self, tag: str, digest: str) -> Any:
+        # By name first: listing with a label filter walks every image the engine has (slow on a
+        # busy engine); the tag is derived from the digest, so it is the usual way to find it.
+        tagged = self._local_image(tag)
+        if tagged is not None and (tagged.labels or {}).get(LABEL_BUILD_HASH) == digest:
+            return tagged
         found = self.client.images.list(filters={"label": [f"{LABEL_BUILD_HASH}={digest}", f"{LABEL_MANAGED}=true"]})
         return found[0] if found else None

@@ -1,4 +1,8 @@
-"""Running servers: one hardened container on one internal network per deployment.
+"""Running servers: one hardened container on one internal network per instance of a deployment.
+
+A deployment runs as one or more instances (replicas), numbered; each is a complete unit of its
+own (network, host firewall, egress proxy, container) named by `spec.unit_name`, and every
+operation below takes the instance's number (`replica`, 0 by default).
 
 deploy = ensure image -> host firewall for the deployment's bridge interface -> the server's network
 (internal; with NAT for the `open` profile) -> for `egress`: host firewall for an outbound network,
@@ -44,15 +48,20 @@ from stockade.orchestrator.spec import (
     LABEL_ENTRY,
     LABEL_MANAGED,
     LABEL_OWNER,
+    LABEL_REPLICA,
     LABEL_SERVER,
     container_name,
     container_spec,
     network_name,
     owner_id,
+    unit_name,
 )
 
 Progress = Callable[[str], None]
 LOG_LINES_ON_FAILURE = 30
+# How long an instance taken out of service may finish its calls: the engine's stop timeout, above
+# the bridge's own drain (20 s by default) so that the bridge ends them, not SIGKILL.
+DRAIN_SECONDS = 30
 log = logging.getLogger("stockade.orchestrator")
 
 
@@ -69,6 +78,7 @@ class ServerInstance:
     entry: str = ""
     network_profile: str = "none"
     egress_proxy: str | None = None  # the name of the server's egress proxy container (profile egress)
+    replica: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -95,6 +105,7 @@ class InstanceStatus:
     finished_at: str | None
     error: str | None
     container_id: str | None = None
+    replica: int = 0
 
 
 def _noop(_: str) -> None:
@@ -143,9 +154,9 @@ class Orchestrator:
         with self._lock:
             return self._slug_locks.setdefault(slug, threading.Lock())
 
-    def key(self, slug: str) -> str:
-        """This installation's name for a deployment (firewall rules, interface name)."""
-        return f"{self.owner}-{slug}"
+    def key(self, slug: str, replica: int = 0) -> str:
+        """This installation's name for an instance of a deployment (firewall rules, interface name)."""
+        return f"{self.owner}-{unit_name(slug, replica)}"
 
     def _labels(self, slug: str | None = None) -> list[str]:
         return [f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", f"{LABEL_SERVER}={slug}" if slug else LABEL_SERVER]
@@ -155,30 +166,60 @@ class Orchestrator:
         return self.builder.ensure_server_image(entry)
 
     def deploy(self, entry: CatalogEntry, *, slug: str, deployment_id: str, env: Mapping[str, str],
-               bridge_token: str, ready_timeout: float = 60.0) -> ServerInstance:
+               bridge_token: str, ready_timeout: float = 60.0, replica: int = 0) -> ServerInstance:
+        """Run instance `replica` of deployment `slug` and wait until its bridge is ready."""
         if not bridge_token:
             raise DeploymentError("a bridge token is required")
-        with self._slug_lock(slug):
+        with self._slug_lock(unit_name(slug, replica)):
             image = self.ensure_image(entry)
-            self._remove(slug)  # a leftover of an earlier deploy of this slug is replaced, never reused
+            self._remove(slug, replica)  # a leftover of an earlier deploy of this instance is replaced, never reused
             secrets = [bridge_token, *env.values()]
             try:
                 return self._deploy(entry, slug=slug, deployment_id=deployment_id, env=env,
                                     bridge_token=bridge_token, image=image, ready_timeout=ready_timeout,
-                                    secrets=secrets)
+                                    secrets=secrets, replica=replica)
             except DeploymentError:
-                self._remove(slug)
+                self._remove(slug, replica)
                 raise
             except docker.errors.APIError as exc:
-                self._remove(slug)
+                self._remove(slug, replica)
                 raise DeploymentError(f"deploying {slug!r} failed: {redact(str(exc.explanation or exc), secrets)}") from None
             except BaseException:
-                self._remove(slug)
+                self._remove(slug, replica)
                 raise
 
-    def remove(self, slug: str) -> None:
-        with self._slug_lock(slug):
-            self._remove(slug)
+    def remove(self, slug: str, replica: int | None = None) -> None:
+        """Remove one instance of a deployment, or (`replica` None) every instance it has."""
+        for number in self.replicas(slug) if replica is None else [replica]:
+            with self._slug_lock(unit_name(slug, number)):
+                self._remove(slug, number)
+
+    def drain(self, slug: str, replica: int, timeout: float = DRAIN_SECONDS) -> None:
+        """Take an instance out of service gracefully, then remove it.
+
+        SIGTERM lets its bridge finish the calls in flight (the gateway no longer routes new ones
+        to it); the engine kills it after `timeout` seconds at the latest.
+        """
+        with self._slug_lock(unit_name(slug, replica)):
+            for container in self._containers(slug, replica):
+                try:
+                    container.stop(timeout=int(timeout))
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as exc:
+                    log.warning("stopping %s gracefully failed (%s); removing it", container.name, exc.explanation or exc)
+            self._remove(slug, replica)
+
+    def replicas(self, slug: str) -> list[int]:
+        """The numbers of every instance of `slug` that has anything on the engine (and 0)."""
+        found = {0}
+        labelled = [*self.client.containers.list(all=True, filters={"label": self._labels(slug)}),
+                    *self.client.networks.list(filters={"label": self._labels(slug)})]
+        for thing in labelled:
+            number = _replica_of(thing.attrs.get("Labels") or thing.attrs.get("Config", {}).get("Labels") or {})
+            if number is not None:
+                found.add(number)
+        return sorted(found)
 
     def instances(self) -> list[ServerInstance]:
         """Running server containers of this installation, found by their labels (adoption).
@@ -190,24 +231,24 @@ class Orchestrator:
         for container in self.client.containers.list(filters={"label": self._labels()}):
             instance = self._instance_of(container)
             if instance is not None:
-                firewall.block_host(self.key(instance.slug))
+                firewall.block_host(self.key(instance.slug, instance.replica))
                 if instance.egress_proxy is not None:
-                    firewall.block_host(egress.outbound_key(self.key(instance.slug)))
-                    self._ensure_proxy_running(instance.slug)
+                    firewall.block_host(egress.outbound_key(self.key(instance.slug, instance.replica)))
+                    self._ensure_proxy_running(instance.slug, instance.replica)
                 found.append(instance)
-        return sorted(found, key=lambda i: i.slug)
+        return sorted(found, key=lambda i: (i.slug, i.replica))
 
-    def instance(self, slug: str) -> ServerInstance | None:
-        container = self._container(slug)
+    def instance(self, slug: str, replica: int = 0) -> ServerInstance | None:
+        container = self._container(slug, replica)
         if container is None or container.status != "running":
             return None
         return self._instance_of(container)
 
-    def status(self, slug: str) -> InstanceStatus:
-        container = self._container(slug)
+    def status(self, slug: str, replica: int = 0) -> InstanceStatus:
+        container = self._container(slug, replica)
         if container is None:
             return InstanceStatus(slug=slug, state="absent", running=False, exit_code=None, oom_killed=False,
-                                  restart_count=0, started_at=None, finished_at=None, error=None)
+                                  restart_count=0, started_at=None, finished_at=None, error=None, replica=replica)
         state = container.attrs.get("State", {})
         zero_time = "0001-01-01T00:00:00Z"
         return InstanceStatus(
@@ -221,17 +262,18 @@ class Orchestrator:
             finished_at=None if state.get("FinishedAt") in (None, "", zero_time) else state.get("FinishedAt"),
             error=state.get("Error") or None,
             container_id=container.id,
+            replica=replica,
         )
 
-    def logs(self, slug: str, *, tail: int = 100) -> str:
-        container = self._container(slug)
+    def logs(self, slug: str, *, tail: int = 100, replica: int = 0) -> str:
+        container = self._container(slug, replica)
         if container is None:
             return ""
         return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
 
-    def resource_use(self, slug: str) -> ResourceUse | None:
-        """Memory and CPU use of the server's container now (one sample from the engine)."""
-        container = self._container(slug)
+    def resource_use(self, slug: str, replica: int = 0) -> ResourceUse | None:
+        """Memory and CPU use of an instance's container now (one sample from the engine)."""
+        container = self._container(slug, replica)
         if container is None or container.status != "running":
             return None
         stats = container.stats(stream=False)
@@ -249,12 +291,14 @@ class Orchestrator:
 
     # -- deploy --------------------------------------------------------------------------------------
     def _deploy(self, entry: CatalogEntry, *, slug: str, deployment_id: str, env: Mapping[str, str],
-                bridge_token: str, image: BuiltImage, ready_timeout: float, secrets: list[str]) -> ServerInstance:
+                bridge_token: str, image: BuiltImage, ready_timeout: float, secrets: list[str],
+                replica: int) -> ServerInstance:
         say = self.progress
-        net_name = network_name(slug, self.owner)
+        unit = unit_name(slug, replica)
+        net_name = network_name(unit, self.owner)
         profile = entry.network
         shape = egress.server_network_config(profile)
-        labels = {LABEL_MANAGED: "true", LABEL_OWNER: self.owner, LABEL_SERVER: slug,
+        labels = {LABEL_MANAGED: "true", LABEL_OWNER: self.owner, LABEL_SERVER: slug, LABEL_REPLICA: str(replica),
                   LABEL_DEPLOYMENT: deployment_id, LABEL_ENTRY: entry.name, egress.LABEL_PROFILE: profile.value}
         try:
             allowlist = egress.parse_allowlist(entry.egress)
@@ -266,27 +310,28 @@ class Orchestrator:
             say(f"{slug}: WARNING: network profile 'open' -- unrestricted outbound network access")
 
         # 1. the host firewall first: the interface it names does not exist yet, so no window
-        interface = firewall.block_host(self.key(slug))
-        # 2. the deployment's own network: internal (no route out) unless the profile is `open`
-        say(f"{slug}: creating network {net_name} (profile {profile.value})")
+        interface = firewall.block_host(self.key(slug, replica))
+        # 2. the instance's own network: internal (no route out) unless the profile is `open`
+        say(f"{unit}: creating network {net_name} (profile {profile.value})")
         network = self._create_network(net_name, interface, labels, internal=shape["internal"],
                                        masquerade=shape["masquerade"], icc=shape["proxy"])
+        self._check_host_route(network, unit)
         environment: dict[str, str] = {}
         extra_labels = {egress.LABEL_PROFILE: profile.value}
         if shape["proxy"]:
-            proxy_ip, proxy_name = self._start_proxy(slug, deployment_id, allowlist, network, labels)
+            proxy_ip, proxy_name = self._start_proxy(slug, replica, deployment_id, allowlist, network, labels)
             environment = egress.proxy_environment(proxy_ip)
             extra_labels[egress.LABEL_PROXY_NAME] = proxy_name
         # 3. the container
         spec = container_spec(entry, slug=slug, deployment_id=deployment_id, image=image.tag,
                               network_name=net_name, data_dir=self.settings.data_dir, bridge_port=BRIDGE_PORT,
                               owner=self.owner, environment=environment, dns=shape["dns"],
-                              extra_labels=extra_labels)
+                              extra_labels=extra_labels, replica=replica)
         for mount in spec.mounts:
             self._prepare_mount(Path(mount.source), writable=not mount.read_only)
         container = self.client.containers.create(**spec.create_kwargs())
         # 4. the bootstrap line: attached before start, so the bridge cannot miss it
-        say(f"{slug}: starting container {container.name}")
+        say(f"{unit}: starting container {container.name}")
         line = (json.dumps({"token": bridge_token, "env": dict(env)}) + "\n").encode()
         self._start_with_stdin(container, line)
         # 5. ready?
@@ -296,21 +341,43 @@ class Orchestrator:
             raise DeploymentError(f"container of {slug!r} has no address on {net_name}",
                                   hint=self._failure_details(container, secrets))
         self._wait_ready(container, slug, f"http://{ip}:{BRIDGE_PORT}", bridge_token, ready_timeout, secrets)
-        say(f"{slug}: ready at http://{ip}:{BRIDGE_PORT}")
+        say(f"{unit}: ready at http://{ip}:{BRIDGE_PORT}")
         return ServerInstance(slug=slug, deployment_id=deployment_id, container_id=container.id,
                               container_name=container.name, network_id=network.id, network_name=net_name,
                               ip=ip, port=BRIDGE_PORT, entry=entry.name, network_profile=profile.value,
-                              egress_proxy=extra_labels.get(egress.LABEL_PROXY_NAME))
+                              egress_proxy=extra_labels.get(egress.LABEL_PROXY_NAME), replica=replica)
 
-    def _start_proxy(self, slug: str, deployment_id: str, allowlist: tuple[egress.AllowRule, ...], network: Any,
-                     labels: dict[str, str]) -> tuple[str, str]:
-        """The server's squid: outbound network (host-blocked, NAT) + a pinned address on the server's
-        internal network; started and answering before the server exists. Returns (ip, name)."""
+    @staticmethod
+    def _check_host_route(network: Any, unit: str) -> None:
+        """The host must reach the instance's network through its own bridge, where it holds the
+        gateway address. An engine that gives the host no address on an internal network (Podman)
+        would send the proxy probe and the bridge token out by the default route instead: refuse
+        before any request."""
+        ipam = network.attrs["IPAM"]["Config"][0]
+        gateway = str(ipam.get("Gateway", "")).split("/")[0]
+        member = str(ipaddress.ip_network(ipam["Subnet"])[2])
+        try:
+            source = subnets.route_source(member, BRIDGE_PORT)
+        except OSError:
+            source = "nowhere (no route)"
+        if source != gateway:
+            raise DeploymentError(
+                f"the host has no route to {unit} on its own network: traffic to {member} would leave from "
+                f"{source}, not from the network's gateway {gateway or '(none)'}",
+                hint="the container engine gave the host no address on the server's internal network "
+                     "(Podman does this); run Stockade on Docker",
+            )
+
+    def _start_proxy(self, slug: str, replica: int, deployment_id: str, allowlist: tuple[egress.AllowRule, ...],
+                     network: Any, labels: dict[str, str]) -> tuple[str, str]:
+        """The instance's squid: outbound network (host-blocked, NAT) + a pinned address on the
+        instance's internal network; started and answering before the server exists. Returns (ip, name)."""
         say = self.progress
+        unit = unit_name(slug, replica)
         image = self.builder.ensure_proxy_image()
-        out_name = egress.outbound_network_name(slug, self.owner)
-        out_interface = firewall.block_host(egress.outbound_key(self.key(slug)))
-        say(f"{slug}: creating outbound network {out_name} for the egress proxy")
+        out_name = egress.outbound_network_name(unit, self.owner)
+        out_interface = firewall.block_host(egress.outbound_key(self.key(slug, replica)))
+        say(f"{unit}: creating outbound network {out_name} for the egress proxy")
         outbound = self._create_network(out_name, out_interface, {**labels, egress.LABEL_ROLE: egress.ROLE_OUTBOUND},
                                         internal=False, masquerade=True)
         subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
@@ -318,11 +385,12 @@ class Orchestrator:
         proxy_ip = str(subnet.broadcast_address - 1)
         deny = [*egress.host_addresses(), self.settings.server_network_pool, str(subnet), out_subnet]
         kwargs = egress.proxy_container_kwargs(
-            image=image, slug=slug, owner=self.owner, allowlist=[str(r) for r in allowlist],
+            image=image, slug=unit, owner=self.owner, allowlist=[str(r) for r in allowlist],
             outbound_network=out_name, listen_ip=proxy_ip, extra_hosts=self.settings.egress_hosts,
-            deny_addresses=deny)
-        kwargs["labels"][LABEL_DEPLOYMENT] = deployment_id
-        say(f"{slug}: starting egress proxy {kwargs['name']} ({len(allowlist)} allowed destinations)")
+            deny_addresses=deny, nameservers=[str(ip) for ip in self.settings.egress_dns])
+        # named after the instance; labelled with the deployment (and the instance's number)
+        kwargs["labels"].update({LABEL_DEPLOYMENT: deployment_id, egress.LABEL_PROXY_FOR: slug, LABEL_REPLICA: str(replica)})
+        say(f"{unit}: starting egress proxy {kwargs['name']} ({len(allowlist)} allowed destinations)")
         container = self.client.containers.create(**kwargs)
         network.connect(container, ipv4_address=proxy_ip)
         container.start()
@@ -340,25 +408,28 @@ class Orchestrator:
             time.sleep(0.2)
         return proxy_ip, container.name
 
-    def _proxy_containers(self, slug: str) -> list[Any]:
-        labelled = self.client.containers.list(all=True, filters={"label": [
-            f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", f"{egress.LABEL_PROXY_FOR}={slug}"]})
-        named = self.client.containers.list(
-            all=True, filters={"name": f"^/{egress.proxy_container_name(slug, self.owner)}$"})
+    def _proxy_containers(self, slug: str, replica: int) -> list[Any]:
+        """The egress proxy of one instance of a deployment."""
+        labelled = [c for c in self.client.containers.list(all=True, filters={"label": [
+                        f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", f"{egress.LABEL_PROXY_FOR}={slug}"]})
+                    if _replica_of(c.labels or {}) == replica]
+        name = egress.proxy_container_name(unit_name(slug, replica), self.owner)
+        named = self.client.containers.list(all=True, filters={"name": f"^/{name.replace('.', '[.]')}$"})
         return list({c.id: c for c in [*labelled, *named]}.values())
 
-    def _ensure_proxy_running(self, slug: str) -> None:
-        for container in self._proxy_containers(slug):
+    def _ensure_proxy_running(self, slug: str, replica: int) -> None:
+        for container in self._proxy_containers(slug, replica):
             if container.status != "running":
                 try:
                     container.start()
                 except docker.errors.APIError as exc:
-                    log.error("cannot restart the egress proxy of %r: %s", slug, exc)
+                    log.error("cannot restart the egress proxy of %r: %s", unit_name(slug, replica), exc)
 
     def egress_denials(self, slug: str) -> int:
-        """Requests the server's egress proxy refused (TCP_DENIED lines in its log); 0 without a proxy."""
+        """Requests the egress proxies of the server's instances refused (TCP_DENIED lines in their
+        logs); 0 without a proxy."""
         total = 0
-        for container in self._proxy_containers(slug):
+        for container in [c for n in self.replicas(slug) for c in self._proxy_containers(slug, n)]:
             try:
                 text = container.logs(stdout=True, stderr=False).decode(errors="replace")
             except docker.errors.APIError:
@@ -373,7 +444,7 @@ class Orchestrator:
         going down) counts from zero again.
         """
         if slugs is None:
-            slugs = [i.slug for i in self.instances() if i.egress_proxy is not None]
+            slugs = sorted({i.slug for i in self.instances() if i.egress_proxy is not None})
         added: dict[str, int] = {}
         for slug in slugs:
             count = self.egress_denials(slug)
@@ -459,7 +530,7 @@ class Orchestrator:
                         f"the bridge of {slug!r} was not ready within {timeout:.0f} s ({redact(last, secrets)})",
                         hint=self._failure_details(container, secrets),
                     )
-                time.sleep(0.25)
+                time.sleep(0.05)  # the bridge starts in about a second: poll finely, it is one cheap request
 
     def _failure_details(self, container: Any, secrets: list[str]) -> str:
         try:
@@ -484,39 +555,43 @@ class Orchestrator:
                 path.chmod(0o777)
 
     # -- lookup and removal --------------------------------------------------------------------------
-    def _containers(self, slug: str) -> list[Any]:
-        by_label = self.client.containers.list(all=True, filters={"label": self._labels(slug)})
-        by_name = self.client.containers.list(all=True, filters={"name": f"^/{container_name(slug, self.owner)}$"})
+    def _containers(self, slug: str, replica: int) -> list[Any]:
+        by_label = [c for c in self.client.containers.list(all=True, filters={"label": self._labels(slug)})
+                    if _replica_of(c.labels or {}) == replica]
+        name = container_name(unit_name(slug, replica), self.owner)
+        by_name = self.client.containers.list(all=True, filters={"name": f"^/{name.replace('.', '[.]')}$"})
         seen: dict[str, Any] = {}
         for container in [*by_label, *by_name]:
             seen.setdefault(container.id, container)
         return list(seen.values())
 
-    def _container(self, slug: str) -> Any:
-        containers = self._containers(slug)
+    def _container(self, slug: str, replica: int) -> Any:
+        containers = self._containers(slug, replica)
         if not containers:
             return None
         running = [c for c in containers if c.status == "running"]
         return (running or containers)[0]
 
-    def _remove(self, slug: str) -> None:
-        for container in self._containers(slug):
+    def _remove(self, slug: str, replica: int) -> None:
+        unit = unit_name(slug, replica)
+        for container in self._containers(slug, replica):
             try:
                 container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
-                raise EngineError(f"cannot remove the container of {slug!r}: {exc.explanation or exc}") from None
-        for container in self._proxy_containers(slug):
+                raise EngineError(f"cannot remove the container of {unit!r}: {exc.explanation or exc}") from None
+        for container in self._proxy_containers(slug, replica):
             try:
                 container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
-                raise EngineError(f"cannot remove the egress proxy of {slug!r}: {exc.explanation or exc}") from None
+                raise EngineError(f"cannot remove the egress proxy of {unit!r}: {exc.explanation or exc}") from None
         self._denials_seen.pop(slug, None)
-        names = {network_name(slug, self.owner), egress.outbound_network_name(slug, self.owner)}
-        networks = self.client.networks.list(filters={"label": self._labels(slug)})
+        names = {network_name(unit, self.owner), egress.outbound_network_name(unit, self.owner)}
+        networks = [n for n in self.client.networks.list(filters={"label": self._labels(slug)})
+                    if _replica_of(n.attrs.get("Labels") or {}) == replica]
         for name in names:
             networks += [n for n in self.client.networks.list(names=[name]) if n.name == name]
         for network in {n.id: n for n in networks}.values():
@@ -525,16 +600,17 @@ class Orchestrator:
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
-                raise EngineError(f"cannot remove the network of {slug!r}: {exc.explanation or exc}") from None
-        firewall.unblock_host(self.key(slug))
-        firewall.unblock_host(egress.outbound_key(self.key(slug)))
+                raise EngineError(f"cannot remove the network of {unit!r}: {exc.explanation or exc}") from None
+        firewall.unblock_host(self.key(slug, replica))
+        firewall.unblock_host(egress.outbound_key(self.key(slug, replica)))
 
     def _instance_of(self, container: Any) -> ServerInstance | None:
         labels = container.labels or {}
         slug = labels.get(LABEL_SERVER)
-        if not slug or labels.get(LABEL_OWNER) != self.owner:
+        replica = _replica_of(labels)
+        if not slug or replica is None or labels.get(LABEL_OWNER) != self.owner:
             return None
-        net_name = network_name(slug, self.owner)
+        net_name = network_name(unit_name(slug, replica), self.owner)
         network = container.attrs.get("NetworkSettings", {}).get("Networks", {}).get(net_name)
         if not network or not network.get("IPAddress"):
             return None
@@ -543,4 +619,10 @@ class Orchestrator:
                               network_name=net_name, ip=network["IPAddress"], port=BRIDGE_PORT,
                               entry=labels.get(LABEL_ENTRY, ""),
                               network_profile=labels.get(egress.LABEL_PROFILE, "none"),
-                              egress_proxy=labels.get(egress.LABEL_PROXY_NAME) or None)
+                              egress_proxy=labels.get(egress.LABEL_PROXY_NAME) or None, replica=replica)
+
+
+def _replica_of(labels: Mapping[str, str]) -> int | None:
+    """The instance number a resource is labelled with (0 for those made before replicas existed)."""
+    value = labels.get(LABEL_REPLICA, "0")
+    return int(value) if value.isdigit() else None

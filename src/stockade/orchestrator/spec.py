@@ -8,7 +8,7 @@ What a server container gets, and why:
     seccomp profile;
   * a read-only root filesystem; only /tmp is writable (tmpfs, noexec, nosuid, 64 MiB);
   * memory == memory+swap (no swap), CPU and PID limits from the entry's resource profile;
-  * exactly one network, the deployment's own (no published ports): internal for the `none` and
+  * exactly one network, the instance's own (no published ports; each replica has its own): internal for the `none` and
     `egress` profiles, with outbound NAT for `open` (egress.py); the runtime keeps it away from the
     host's own addresses in every profile;
   * an environment holding only the egress proxy's URL (profile `egress`), and resolvers chosen by
@@ -37,6 +37,8 @@ LABEL_ENTRY = "io.stockade.entry"
 # Which Stockade installation (data directory) a container belongs to: several installations
 # (tests, developers) may share one engine, and none may adopt or remove another's servers.
 LABEL_OWNER = "io.stockade.owner"
+# Which instance of a deployment (a replica; old and new side by side during a rotation).
+LABEL_REPLICA = "io.stockade.replica"
 
 RUNTIME_USER = "65534:65534"
 BRIDGE_PORT = 8080
@@ -59,6 +61,17 @@ def owner_id(data_dir: Path) -> str:
     import hashlib
 
     return hashlib.sha256(str(Path(data_dir).expanduser().absolute()).encode()).hexdigest()[:8]
+
+
+def unit_name(slug: str, replica: int = 0) -> str:
+    """The name of one instance of a deployment: its container, network, proxy and firewall key.
+
+    Instance 0 keeps the deployment's own name; others add ".<n>" ('.' never occurs in a slug, so
+    no instance of one deployment is named like another deployment).
+    """
+    if replica < 0:
+        raise ValueError("replica numbers are never negative")
+    return slug if replica == 0 else f"{slug}.{replica}"
 
 
 def container_name(slug: str, owner: str | None = None) -> str:
@@ -209,14 +222,16 @@ def container_spec(
     environment: Mapping[str, str] | None = None,
     dns: tuple[str, ...] = (),
     extra_labels: Mapping[str, str] | None = None,
+    replica: int = 0,
 ) -> ContainerSpec:
     """`environment` holds only non-secret runtime settings (the egress proxy's URL); `dns` and
-    `extra_labels` come from the network profile (egress.py)."""
+    `extra_labels` come from the network profile (egress.py). `replica` numbers the instance: each
+    is its own container (named by `unit_name`), the same hardening for all."""
     limits = entry.resources.limits
     memory = limits.memory_mb * 1024 * 1024
     return ContainerSpec(
         image=image,
-        name=container_name(slug, owner),
+        name=container_name(unit_name(slug, replica), owner),
         hostname=slug,
         command=bridge_command(entry, slug=slug, bridge_port=bridge_port),
         user=RUNTIME_USER,
@@ -225,6 +240,7 @@ def container_spec(
             LABEL_SERVER: slug,
             LABEL_DEPLOYMENT: deployment_id,
             LABEL_ENTRY: entry.name,
+            LABEL_REPLICA: str(replica),
             **({LABEL_OWNER: owner} if owner else {}),
             **dict(extra_labels or {}),
         },

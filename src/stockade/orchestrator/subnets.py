@@ -10,6 +10,7 @@ route the host has (so a LAN behind the host is never shadowed).
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 from collections.abc import Iterable, Iterator
 
@@ -68,3 +69,13 @@ def engine_subnets(networks: Iterable[dict]) -> list[IPv4Net]:
             if isinstance(subnet, ipaddress.IPv4Network):
                 used.append(subnet)
     return used
+
+
+def route_source(address: str, port: int) -> str:
+    """The host address the kernel would send from to reach `address`: which route it takes.
+
+    A connected UDP socket sends nothing; connecting only makes the kernel choose the route.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, port))
+        return str(probe.getsockname()[0])

@@ -8,10 +8,13 @@ value copied into another row does not open.
 
 from __future__ import annotations
 
+import base64
 import os
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from stockade.errors import SecretsError
 
@@ -25,6 +28,17 @@ class Sealer:
         if len(master_key) != 32:
             raise SecretsError("the master key must be 32 bytes (256 bits)")
         self._master = AESGCM(master_key)
+        self._derivation_key = master_key
+
+    def derive_token(self, context: str) -> str:
+        """A 256-bit secret for `context`, the same in every process holding this master key.
+
+        For secrets that must be known to two processes that share no storage (a server rendered
+        onto Kubernetes and the gateways that call it): each derives it, none stores or sends it.
+        HKDF's info binds the purpose and context, so one context's token reveals nothing of another.
+        """
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"stockade derived token v1:" + context.encode())
+        return base64.urlsafe_b64encode(hkdf.derive(self._derivation_key)).rstrip(b"=").decode()
 
     def seal(self, plaintext: bytes, *, context: str) -> bytes:
         aad = context.encode()

@@ -100,8 +100,8 @@ class Deployment(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     last_exit: Mapped[str | None] = mapped_column(Text, nullable=True)
-    endpoint: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    # How many instances should serve (each its own container, network and firewall rules).
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
     bridge_token: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -109,6 +109,33 @@ class Deployment(Base):
     variables: Mapped[list[DeploymentVariable]] = relationship(
         back_populates="deployment", cascade="all, delete-orphan"
     )
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="deployment", cascade="all, delete-orphan", order_by="Instance.number"
+    )
+
+
+class Instance(Base):
+    """One running copy of a deployment (a replica): the gateway routes to those `running`.
+
+    `number` names the instance's container and network; during a rotation old and new instances
+    exist side by side under different numbers. `restarts`/`last_exit` count this instance only;
+    the deployment's own columns keep the totals.
+    """
+
+    __tablename__ = "instances"
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # starting | running | restarting | draining | crash-loop
+    status: Mapped[str] = mapped_column(String(16), default="starting")
+    endpoint: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    last_exit: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="instances")
 
 
 class DeploymentVariable(Base):

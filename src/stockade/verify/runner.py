@@ -12,8 +12,11 @@ deployments -- lives in one ExitStack and is removed on the way out, errors incl
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import secrets
+import tarfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +29,8 @@ import docker.errors
 
 from stockade.catalog import Catalog, CatalogEntry, NetworkProfile
 from stockade.config import Settings
+from stockade.orchestrator.images import LABEL_PACKAGE, LABEL_VERSION, matches_pin
+from stockade.orchestrator.sbom import LABEL_SBOM, MAX_SBOM_BYTES, SbomError, package_purl, read_sbom
 from stockade.orchestrator.spec import (
     BRIDGE_PORT,
     LABEL_ENTRY,
@@ -42,10 +47,10 @@ Progress = Callable[[str], None]
 FORBIDDEN_EXECUTABLES = ("sh", "bash", "dash", "ash", "zsh", "ksh", "busybox", "apt", "apt-get", "aptitude", "dpkg",
                          "rpm", "yum", "dnf", "apk", "pip", "npm", "npx", "yarn", "pnpm", "su", "sudo")
 STANDARD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-SBOM_LABELS = ("io.stockade.package", "io.stockade.version")
 # set by the orchestrator's network profiles (orchestrator/egress.py); read as plain strings here
 LABEL_PROFILE = "io.stockade.network-profile"
 LABEL_PROXY_FOR = "io.stockade.egress-proxy-for"
+LABEL_PROXY_NAME = "io.stockade.egress-proxy"
 
 
 def _noop(_: str) -> None:
@@ -255,6 +260,20 @@ class Verifier:
             return None
         return parts.hostname, parts.port or 3128
 
+    def _own_proxy_addresses(self, target: Target) -> list[str]:
+        """The addresses of the deployment's own egress proxy: the container its label names (else
+        the one labelled as its proxy) of this installation, on the networks of the server."""
+        named = ((target.container.get("Config") or {}).get("Labels") or {}).get(LABEL_PROXY_NAME)
+        filters = {"label": [f"{LABEL_OWNER}={self.owner}", f"{LABEL_PROXY_FOR}={target.slug}"]}
+        if named:
+            filters = {"label": [f"{LABEL_OWNER}={self.owner}"], "name": f"^/{named}$"}
+        server_networks = set((target.container.get("NetworkSettings") or {}).get("Networks") or {})
+        found = []
+        for proxy in self.client.api.containers(filters=filters):
+            networks = (proxy.get("NetworkSettings") or {}).get("Networks") or {}
+            found += [n["IPAddress"] for name, n in networks.items() if name in server_networks and n.get("IPAddress")]
+        return sorted(found)
+
     @staticmethod
     def _inconclusive(findings: Findings, probe: dict[str, Any] | None, probe_error: str | None, control_ok: bool) -> bool:
         if probe is None:
@@ -394,8 +413,11 @@ class Verifier:
             if proxy is None:
                 f.fail("profile egress but the container has no HTTPS_PROXY: the egress proxy is not configured "
                        "(NOT VERIFIED: proxy enforcement)")
+            elif proxy[0] not in (own := self._own_proxy_addresses(target)):
+                f.fail(f"HTTPS_PROXY points to {proxy[0]}:{proxy[1]}, which is not this deployment's egress proxy "
+                       f"({', '.join(own) or 'none running'}) (NOT VERIFIED: proxy enforcement)")
             else:
-                f.ok(f"proxy {proxy[0]}:{proxy[1]} from HTTPS_PROXY")
+                f.ok(f"proxy {proxy[0]}:{proxy[1]} from HTTPS_PROXY: this deployment's own egress proxy")
                 for key, what in (("egress:proxy-canary-ip", "CONNECT to the canary by raw IP"),
                                   ("egress:proxy-unlisted", "CONNECT to an unlisted name")):
                     outcome = probe.get("proxy", {}).get(key, "not probed")
@@ -452,23 +474,7 @@ class Verifier:
             f.ok(f"pids limit {host['PidsLimit']}")
         else:
             f.fail("no pids limit")
-        # image: pinned by digest, SBOM labels
-        image_id = c.get("Image", "")
-        repo_digests = [d.split("@", 1)[-1] for d in target.image.get("RepoDigests") or []]
-        if target.entry is None:
-            f.warn(f"catalog entry unknown: image {image_id[:19]} cannot be compared with a pinned digest")
-        elif target.entry.image_digest is None:
-            f.warn(f"catalog entry {target.entry.name!r} has no image_digest (running image {image_id})")
-        elif target.entry.image_digest in (image_id, *repo_digests):
-            f.ok(f"image matches the pinned digest {target.entry.image_digest}")
-        else:
-            f.fail(f"image {image_id} does not match the pinned digest {target.entry.image_digest}")
-        labels = (target.image.get("Config") or {}).get("Labels") or {}
-        if all(labels.get(name) for name in SBOM_LABELS):
-            f.ok(f"SBOM labels: {labels['io.stockade.package']} {labels['io.stockade.version']}"
-                 + (f" ({labels['io.stockade.ecosystem']})" if labels.get("io.stockade.ecosystem") else ""))
-        else:
-            f.warn("the image names no package and version (labels io.stockade.package / io.stockade.version)")
+        self._check_image(target, f)
         # from inside
         if probe is None:
             f.fail(f"probe did not run: {probe_error}")
@@ -512,6 +518,83 @@ class Verifier:
         else:
             f.ok(f"{count} executable(s) on PATH, no shell or package manager")
         return f.result("non-root, no capabilities, no-new-privileges, seccomp, read-only, limits, no shell")
+
+    def _check_image(self, target: Target, f: Findings) -> None:
+        """The image: the one the catalog approved (pinned digest), built from the entry's recipe,
+        with an SBOM that lists the entry's package."""
+        # Docker records the image's id (the sha256 of its configuration, which names every layer by
+        # its content digest) when it creates the container: the image that runs, whatever a tag
+        # points to now.
+        image_id = target.container.get("Image", "")
+        entry = target.entry
+        if not target.image:
+            f.fail(f"the container's image {image_id} is no longer on the engine: it cannot be checked")
+            return
+        if entry is None:
+            f.warn(f"catalog entry unknown: image {image_id} cannot be compared with a pinned digest")
+        elif entry.image_digest is None:
+            f.warn(f"image not pinned: catalog entry {entry.name!r} has no image_digest (the container runs "
+                   f"{image_id}; pin it to make any other image fail this check)")
+        elif matches_pin(entry.image_digest, target.image):
+            f.ok(f"image pinned by digest: the container runs {entry.image_digest}, as the catalog pins")
+        else:
+            f.fail(f"image digest mismatch: the container runs {image_id}, the catalog pins {entry.image_digest}")
+        labels = (target.image.get("Config") or {}).get("Labels") or {}
+        if entry is not None and entry.build is not None:
+            built_from = (labels.get(LABEL_PACKAGE), labels.get(LABEL_VERSION))
+            if built_from == (entry.build.package, entry.build.version):
+                f.ok(f"image built from the catalog's recipe: {entry.build.package} {entry.build.version}")
+            else:
+                f.fail(f"the image is not built from the catalog's recipe ({entry.build.package} "
+                       f"{entry.build.version}): its labels name {built_from[0]} {built_from[1]}")
+        self._check_sbom(target, labels, f)
+
+    def _check_sbom(self, target: Target, labels: dict[str, str], f: Findings) -> None:
+        path = labels.get(LABEL_SBOM)
+        if not path:
+            f.fail(f"no SBOM: the image has no {LABEL_SBOM} label naming one")
+            return
+        try:
+            data = self._read_file(target.container["Id"], path)
+            components = read_sbom(data)
+        except (SbomError, docker.errors.APIError, tarfile.TarError) as exc:
+            reason = exc.explanation if isinstance(exc, docker.errors.APIError) else exc
+            f.fail(f"SBOM {path} unreadable in the running container: {reason}")
+            return
+        kinds = Counter(component["purl"][4:].split("/", 1)[0] for component in components)
+        summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        entry = target.entry
+        if entry is not None and entry.build is not None:
+            wanted = package_purl(entry.build.ecosystem, entry.build.package, entry.build.version)
+            if not any(c["purl"] == wanted for c in components):
+                f.fail(f"SBOM {path} ({summary}) does not list the catalog's package {wanted}")
+                return
+            f.ok(f"SBOM {path}: CycloneDX, {len(components)} components ({summary}), lists {wanted}")
+        else:
+            f.ok(f"SBOM {path}: CycloneDX, {len(components)} components ({summary})")
+
+    def _read_file(self, container_id: str, path: str) -> bytes:
+        """One file from the running container's own filesystem (the engine's archive API: no
+        process is started inside, so it works in images with no shell)."""
+        try:
+            stream, stat = self.client.api.get_archive(container_id, path)
+        except docker.errors.NotFound:
+            raise SbomError("no such file") from None
+        if int(stat.get("size") or 0) > MAX_SBOM_BYTES:
+            raise SbomError(f"larger than {MAX_SBOM_BYTES} bytes")
+        buffer = io.BytesIO()
+        for chunk in stream:
+            buffer.write(chunk)
+            if buffer.tell() > MAX_SBOM_BYTES + 1024 * 1024:
+                raise SbomError(f"larger than {MAX_SBOM_BYTES} bytes")
+        buffer.seek(0)
+        with tarfile.open(fileobj=buffer) as archive:
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            member = next((m for m in archive.getmembers() if m.name == name and m.isfile()), None)
+            handle = archive.extractfile(member) if member is not None else None
+            if handle is None:
+                raise SbomError("not a regular file")
+            return handle.read()
 
     def _check_secrets(self, target: Target) -> CheckResult:
         f = Findings(target.slug, "secrets")

@@ -3,53 +3,54 @@
 Mounted by the management app at `/ui`. Every page does what an API route does, through the same
 Python services (never by HTTP to itself). Security model:
 
-* Login exchanges an admin token for a server-side session. The session keeps only the token's id;
-  every request re-checks that token (revoked, expired or no longer an admin ends the session).
+* Sign-in opens a server-side session, either from an admin token (the session keeps only the
+  token's id, and every request re-checks that token: revoked, expired or no longer an admin ends
+  the session) or through the OIDC issuer (`oidc_login.py`: code flow with PKCE, the ID token's
+  role must map to admin; the member must not be offboarded, checked on every request).
   The cookie holds a random id (only its hash is kept server-side), is `HttpOnly`,
   `SameSite=Strict`, `Secure` on https, and expires (idle and absolute limits).
 * Every form carries a per-session CSRF token, compared in constant time. The login form, which
   has no session yet, uses a signed double-submit cookie instead.
 * Every response carries a strict Content-Security-Policy; pages have no inline script or style.
 * Secret values are accepted once (deploy form) and never rendered, logged or echoed in errors.
-
-OIDC login is not implemented: a second login method would add a `LoginMethod`-like branch in
-`_login` and a `source` other than "token" in `WebSession` with its own `_still_valid` check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-import json
 import logging
-import math
 import re
 import secrets
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
 from sqlalchemy import func, select
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from stockade import metrics
-from stockade.catalog import SLUG_PATTERN, CatalogEntry, NetworkProfile
+from stockade.catalog import SLUG_PATTERN, CatalogEntry, NetworkProfile, ResourceLimits
 from stockade.control.deployments import Deployments, DeploymentView
-from stockade.errors import AuthenticationError, ConflictError, StockadeError, ValidationFailed
+from stockade.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    PermissionDenied,
+    StockadeError,
+    ValidationFailed,
+)
 from stockade.gateway.app import Gateway
 from stockade.gateway.audit import verify_database
 from stockade.gateway.identity import (
@@ -61,8 +62,13 @@ from stockade.gateway.identity import (
     revoke_token,
 )
 from stockade.logs import REDACTOR
+from stockade.orchestrator.runtime import ResourceUse
 from stockade.store.database import Database
 from stockade.store.models import AuditRecord, Member, Role, Token, utcnow
+from stockade.web.charts import bucket_audit, svg_chart
+from stockade.web.oidc_login import LOGIN_TTL_SECONDS, OidcClient, OidcLogin
+from stockade.web.sessions import SESSION_MAX_SECONDS, SessionStore, WebSession
+from stockade.web.verification import read_verify_results
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +82,7 @@ STATIC_TYPES = {
 
 SESSION_COOKIE = "stockade_session"
 LOGIN_COOKIE = "stockade_login"
-SESSION_IDLE_SECONDS = 30 * 60
-SESSION_MAX_SECONDS = 8 * 60 * 60
-MAX_SESSIONS = 1000
+OIDC_COOKIE = "stockade_oidc"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
@@ -103,69 +107,6 @@ CHART_MAX_ROWS = 200_000
 BUSY_STATES = {"pending", "deploying", "restarting"}
 LOG_TAILS = (50, 200, 1000)  # lines of a server's output the log page may show
 LOG_TAIL_DEFAULT = 200
-
-
-# -- sessions ------------------------------------------------------------------------------------
-@dataclass
-class WebSession:
-    """One signed-in browser. Holds no credential: only the id of the token that opened it."""
-
-    member: str
-    token_id: str
-    csrf: str
-    created: float
-    last_seen: float
-    source: str = "token"  # the login method; "oidc" would be another
-    flashes: list[tuple[str, str]] = field(default_factory=list)
-    once: dict[str, Any] = field(default_factory=dict)  # shown on the next page view only
-
-    def flash(self, kind: str, message: str) -> None:
-        self.flashes.append((kind, message))
-
-
-class SessionStore:
-    """In-memory sessions keyed by the SHA-256 of the cookie value (a restart signs everyone out)."""
-
-    def __init__(self, *, idle: float = SESSION_IDLE_SECONDS, lifetime: float = SESSION_MAX_SECONDS) -> None:
-        self._idle, self._lifetime = idle, lifetime
-        self._sessions: OrderedDict[str, WebSession] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    def create(self, member: str, token_id: str, *, source: str = "token") -> tuple[str, WebSession]:
-        session_id = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        web = WebSession(member=member, token_id=token_id, csrf=secrets.token_urlsafe(32), created=now,
-                         last_seen=now, source=source)
-        with self._lock:
-            self._sessions[self._key(session_id)] = web
-            while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
-        return session_id, web
-
-    def get(self, session_id: str | None) -> WebSession | None:
-        if not session_id or len(session_id) > 128:
-            return None
-        key = self._key(session_id)
-        now = time.monotonic()
-        with self._lock:
-            web = self._sessions.get(key)
-            if web is None:
-                return None
-            if now - web.last_seen > self._idle or now - web.created > self._lifetime:
-                del self._sessions[key]
-                return None
-            web.last_seen = now
-            self._sessions.move_to_end(key)
-            return web
-
-    def drop(self, session_id: str | None) -> None:
-        if session_id:
-            with self._lock:
-                self._sessions.pop(self._key(session_id), None)
 
 
 # -- control flow inside handlers ----------------------------------------------------------------
@@ -254,196 +195,15 @@ def _field(form: FormData, name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-# -- verification results ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VerifyCell:
-    status: str  # pass, fail, skip
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class VerifyMatrix:
-    generated_at: str | None
-    checks: list[str]
-    rows: list[tuple[str, list[VerifyCell | None]]]
-    problem: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(c is None or c.status != "fail" for _, cells in self.rows for c in cells)
-
-
-def _verify_status(value: Any) -> VerifyCell:
-    detail = ""
-    if isinstance(value, dict):
-        detail = str(value.get("detail") or value.get("message") or "")
-        value = value.get("status", value.get("ok", value.get("passed")))
-    if value is True or (isinstance(value, str) and value.lower() in {"pass", "passed", "ok", "success"}):
-        return VerifyCell("pass", detail)
-    if value is False or (isinstance(value, str) and value.lower() in {"fail", "failed", "error"}):
-        return VerifyCell("fail", detail)
-    if isinstance(value, str) and value.lower() in {"warn", "warning"}:
-        return VerifyCell("warn", detail)
-    return VerifyCell("skip", detail or (str(value) if value is not None else ""))
-
-
-def read_verify_results(path: Path) -> VerifyMatrix | None:
-    """Read `verify/latest.json`. Accepted shapes (until `stockade verify` fixes one):
-
-    `{"generated_at": ..., "results": [{"server": s, "check": c, "status"|"ok": ..., "detail": ...}]}` or
-    `{"generated_at": ..., "servers": {s: {c: true | "pass" | {"status": ..., "detail": ...}}}}`.
-    """
-    if not path.is_file():
-        return None
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return VerifyMatrix(None, [], [], problem=f"{path.name} could not be read: {type(exc).__name__}")
-    if not isinstance(document, dict):
-        return VerifyMatrix(None, [], [], problem=f"{path.name} is not a JSON object")
-    cells: dict[str, dict[str, VerifyCell]] = {}
-    results = document.get("results")
-    if isinstance(results, list):
-        for item in results:
-            if isinstance(item, dict) and item.get("server") and item.get("check"):
-                cells.setdefault(str(item["server"]), {})[str(item["check"])] = _verify_status(item)
-    servers = document.get("servers")
-    if isinstance(servers, dict):
-        for server, checks in servers.items():
-            if isinstance(checks, dict):
-                for check, value in checks.items():
-                    cells.setdefault(str(server), {})[str(check)] = _verify_status(value)
-    check_names = sorted({c for row in cells.values() for c in row})
-    rows = [(server, [cells[server].get(c) for c in check_names]) for server in sorted(cells)]
-    generated = document.get("generated_at") or document.get("finished_at")
-    return VerifyMatrix(str(generated) if generated else None, check_names, rows)
-
-
-# -- charts ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Bucket:
-    start: datetime
-    calls: int
-    errors: int
-    denied: int
-    avg_ms: float | None
-    p95_ms: float | None
-
-
-def bucket_audit(rows: list[tuple[datetime, float, str]], start: datetime, end: datetime, count: int) -> list[Bucket]:
-    width = (end - start) / count
-    grouped: list[list[tuple[float, str]]] = [[] for _ in range(count)]
-    for ts, latency, outcome in rows:
-        index = math.floor((ts - start) / width)
-        if 0 <= index < count:
-            grouped[index].append((latency, outcome))
-    buckets = []
-    for i, items in enumerate(grouped):
-        latencies = sorted(lat for lat, _ in items)
-        p95 = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)] if latencies else None
-        buckets.append(Bucket(
-            start=start + i * width,
-            calls=len(items),
-            errors=sum(1 for _, o in items if o == "error"),
-            denied=sum(1 for _, o in items if o == "denied"),
-            avg_ms=(sum(latencies) / len(latencies)) if latencies else None,
-            p95_ms=p95,
-        ))
-    return buckets
-
-
-def _nice_max(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    exponent = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * exponent:
-            return step * exponent
-    return 10 * exponent
-
-
-def svg_chart(title: str, buckets: list[Bucket], series: list[tuple[str, str, Callable[[Bucket], float | None]]],
-              *, kind: str, unit: str, label_format: str) -> Markup:
-    """A small bar or line chart as inline SVG (styled by classes from app.css; no script)."""
-    width, height = 960, 220
-    left, right, top, bottom = 56, 12, 16, 34
-    plot_w, plot_h = width - left - right, height - top - bottom
-    values = [fn(b) for b in buckets for _, _, fn in series]
-    peak = _nice_max(max([v for v in values if v is not None] or [0]))
-    n = max(len(buckets), 1)
-    step = plot_w / n
-
-    def y(value: float) -> float:
-        return top + plot_h - (value / peak) * plot_h
-
-    chart_id = _esc_id(title)
-    parts = [
-        (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{chart_id}-t {chart_id}-d" '
-         'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">'),
-        f'<title id="{chart_id}-t">{_esc(title)}</title>',
-    ]
-
-    def overall(fn: Callable[[Bucket], float | None]) -> float:
-        present = [v for b in buckets if (v := fn(b)) is not None]
-        return (sum(present) if kind == "bar" else max(present, default=0)) if present else 0
-
-    totals = ", ".join(f"{name}: {_fmt_number(overall(fn))}" for name, _, fn in series)
-    summary = f"{'totals' if kind == 'bar' else 'peaks'} over the window — {totals} {unit}".strip()
-    parts.append(f'<desc id="{chart_id}-d">{_esc(summary)}</desc>')
-    for i in range(5):
-        value = peak * i / 4
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>')
-        parts.append(f'<text class="axis" x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{_fmt_number(value)}</text>')
-    label_every = max(1, n // 6)
-    for i, bucket in enumerate(buckets):
-        if i % label_every == 0:
-            parts.append(f'<text class="axis" x="{left + i * step + step / 2:.1f}" y="{height - 12}" text-anchor="middle">'
-                         f'{bucket.start.strftime(label_format)}</text>')
-    if kind == "bar":
-        bar_w = max(step / len(series) - 2, 1)
-        for s_index, (name, css, fn) in enumerate(series):
-            for i, bucket in enumerate(buckets):
-                value = fn(bucket) or 0
-                x = left + i * step + 1 + s_index * (bar_w + 1)
-                parts.append(f'<rect class="{css}" x="{x:.1f}" y="{y(value):.1f}" width="{bar_w:.1f}" '
-                             f'height="{top + plot_h - y(value):.1f}"><title>{_esc(name)} {bucket.start:%Y-%m-%d %H:%M}: '
-                             f'{_fmt_number(value)}</title></rect>')
-    else:
-        for name, css, fn in series:
-            points = [(left + i * step + step / 2, fn(b)) for i, b in enumerate(buckets)]
-            drawn = [(px, y(v)) for px, v in points if v is not None]
-            if drawn:
-                parts.append(f'<polyline class="{css}" fill="none" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in drawn)}"/>')
-            for (px, v), bucket in zip(points, buckets, strict=True):
-                if v is not None:
-                    parts.append(f'<circle class="{css}" cx="{px:.1f}" cy="{y(v):.1f}" r="3"><title>{_esc(name)} '
-                                 f'{bucket.start:%Y-%m-%d %H:%M}: {_fmt_number(v)} {unit}</title></circle>')
-    parts.append(f'<line class="axis-line" x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>')
-    parts.append("</svg>")
-    return Markup("".join(parts))
-
-
-def _esc(text: str) -> str:
-    return str(Markup.escape(text))
-
-
-def _esc_id(text: str) -> str:
-    return "chart-" + re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _fmt_number(value: float) -> str:
-    if value >= 100 or float(value).is_integer():
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if value >= 10 else f"{value:.2f}".rstrip("0").rstrip(".")
-
-
 # -- the dashboard ---------------------------------------------------------------------------------
 class Dashboard:
-    def __init__(self, database: Database, deployments: Deployments, gateway: Gateway, *, data_dir: Path | None) -> None:
+    def __init__(self, database: Database, deployments: Deployments, gateway: Gateway, *, data_dir: Path | None,
+                 login: OidcLogin | None) -> None:
         self.database = database
         self.deployments = deployments
         self.gateway = gateway
         self._data_dir = data_dir
+        self.oidc = login
         self.sessions = SessionStore()
         self._login_key = secrets.token_bytes(32)
         self._starting: set[str] = set()
@@ -518,7 +278,13 @@ class Dashboard:
 
     # -- authentication -------------------------------------------------------------------------------
     def _still_valid(self, web: WebSession) -> bool:
-        """The token that opened the session must still be live and still an admin's."""
+        """The token that opened the session must still be live and still an admin's.
+
+        An OIDC session has no token here to re-check (an ID token cannot be revoked): it lasts its
+        idle and absolute limits unless the member is offboarded meanwhile.
+        """
+        if web.source == "oidc":
+            return self.still_member(web.member)
         with self.database.session() as session:
             row = session.execute(
                 select(Token.revoked_at, Token.expires_at, Member)
@@ -530,9 +296,14 @@ class Dashboard:
             revoked_at, expires_at, member = row
             if revoked_at is not None or (expires_at is not None and expires_at <= utcnow()):
                 return False
-            if getattr(member, "offboarded_at", None) is not None:
+            if member.offboarded_at is not None:
                 return False
             return member.name == web.member and member.role == ADMIN_ROLE
+
+    def still_member(self, name: str) -> bool:
+        """Not offboarded (an OIDC identity need not be a member row at all)."""
+        with self.database.session() as session:
+            return session.scalar(select(Member.offboarded_at).where(Member.name == name)) is None
 
     async def require(self, request: Request) -> WebSession:
         session_id = request.cookies.get(SESSION_COOKIE)
@@ -603,28 +374,60 @@ def _fmt_bytes(value: int) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def _resource_figures(use: Any) -> dict[str, Any]:
-    """A `ResourceUse` as the figures the page shows."""
+def _resource_figures(use: ResourceUse, limits: ResourceLimits | None, running: int) -> dict[str, Any]:
+    """A deployment's `ResourceUse` (summed over its `running` instances) as the figures pages show.
+
+    The memory limit is the engine's; CPU and process limits are the catalog profile's, per instance.
+    """
     limit = int(use.memory_limit_bytes or 0)
+    instances = max(running, 1)
     return {"memory": _fmt_bytes(int(use.memory_bytes)), "memory_bytes": int(use.memory_bytes),
-            "limit": _fmt_bytes(limit) if limit else None,
+            "limit": _fmt_bytes(limit) if limit else None, "limit_bytes": limit,
             "percent": round(100.0 * use.memory_bytes / limit, 1) if limit else None,
-            "cpu": f"{float(use.cpu_percent):.1f}", "pids": int(use.pids)}
+            "cpu": f"{float(use.cpu_percent):.1f}",
+            "cpu_limit": f"{limits.cpus * 100 * instances:.0f}" if limits else None,
+            "pids": int(use.pids), "pids_limit": limits.pids * instances if limits else None}
 
 
 def _tool_status(pin: Any) -> str:
     return "unapproved" if not pin.digest else "changed" if pin.changed_digest else "approved"
 
 
+def _oidc_login(gateway: Gateway, client: OidcClient | None) -> OidcLogin | None:
+    """Sign-in through the gateway's OIDC issuer, when a dashboard client is configured."""
+    if client is None and gateway.oidc is not None:
+        from stockade.config import load_settings
+
+        client = OidcClient.from_settings(load_settings())
+    if client is None:
+        return None
+    if gateway.oidc is None:
+        raise ConfigError("the dashboard has an OIDC client but the gateway trusts no OIDC issuer",
+                          hint="set STOCKADE_OIDC (issuer, role_map)")
+    return OidcLogin(client, gateway.oidc)
+
+
 def create_dashboard_router(database: Database, deployments: Deployments, gateway: Gateway, *,
-                            data_dir: Path | None = None, verify: Callable[[], object] | None = None) -> APIRouter:
+                            data_dir: Path | None = None, verify: Callable[[], object] | None = None,
+                            oidc_client: OidcClient | None = None) -> APIRouter:
     """The dashboard's routes; mount with `app.include_router(..., prefix="/ui")`.
 
     `data_dir` (for `verify/latest.json`) defaults to the configured `STOCKADE_DATA_DIR`; `verify`
-    runs `stockade verify` (blocking) for the re-run button.
+    runs `stockade verify` (blocking) for the re-run button. `oidc_client` (OIDC sign-in, with the
+    gateway's issuer) defaults to the configured `STOCKADE_OIDC_CLIENT_*` settings.
     """
-    ui = Dashboard(database, deployments, gateway, data_dir=data_dir)
-    router = APIRouter(route_class=_UIRoute, include_in_schema=False)
+    oidc = _oidc_login(gateway, oidc_client)
+    ui = Dashboard(database, deployments, gateway, data_dir=data_dir, login=oidc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if oidc is None:
+            yield
+            return
+        async with oidc.running():
+            yield
+
+    router = APIRouter(route_class=_UIRoute, include_in_schema=False, lifespan=lifespan)
 
     def route(path: str, *, name: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -660,7 +463,8 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         nonce = secrets.token_urlsafe(24)
         next_path = request.query_params.get("next", "")
         response = ui.render(request, "login.html", status=status, error=error, login_csrf=ui.login_csrf(nonce),
-                             next_path=next_path if _safe_next(request, next_path) else "")
+                             next_path=next_path if _safe_next(request, next_path) else "",
+                             sso_issuer=oidc.issuer_name if oidc is not None else None)
         response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path=ui.cookie_path(request), httponly=True, samesite="strict",
                             secure=_is_https(request))
         return response
@@ -689,16 +493,76 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
             return _login_page(request, status=401, error="That token was not accepted: it is unknown, revoked or expired.")
         if not principal.is_admin:
             return _login_page(request, status=403, error="That token is valid but not an admin's; the dashboard needs an admin token.")
-        old = request.cookies.get(SESSION_COOKIE)
-        ui.sessions.drop(old)
-        session_id, web = ui.sessions.create(principal.member, principal.token_id)
-        web.flash("ok", f"Signed in as {principal.member}.")
-        next_path = _field(form, "next")
+        response = _open_session(request, principal.member, principal.token_id, source="token",
+                                 next_path=_field(form, "next"))
+        response.delete_cookie(LOGIN_COOKIE, path=ui.cookie_path(request), httponly=True, samesite="strict", secure=_is_https(request))
+        return response
+
+    def _open_session(request: Request, member: str, token_id: str, *, source: str, next_path: str) -> Response:
+        """A new session (replacing the browser's old one), its cookie, and the way on to `next_path`."""
+        ui.sessions.drop(request.cookies.get(SESSION_COOKIE))
+        session_id, web = ui.sessions.create(member, token_id, source=source)
+        web.flash("ok", f"Signed in as {member}.")
         target = next_path if _safe_next(request, next_path) else ui.url(request, "ui_catalog")
-        response = RedirectResponse(target, status_code=303)
+        if source == "oidc":
+            # The callback is the end of a redirect chain that began at the issuer (another site), and
+            # browsers send no SameSite=Strict cookie along such a chain: a 303 would land on the login
+            # page. A page of our own that moves on (meta refresh, or its link) starts a same-site navigation.
+            response: Response = ui.render(request, "signed_in.html", target=target, member=member)
+        else:
+            response = RedirectResponse(target, status_code=303)
         response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_MAX_SECONDS, path=ui.cookie_path(request), httponly=True,
                             samesite="strict", secure=_is_https(request))
-        response.delete_cookie(LOGIN_COOKIE, path=ui.cookie_path(request), httponly=True, samesite="strict", secure=_is_https(request))
+        return response
+
+    # -- single sign-on (OIDC) -----------------------------------------------------------------------------
+    def _sso() -> OidcLogin:
+        if oidc is None:
+            raise HTTPException(404)
+        return oidc
+
+    def _sso_refused(request: Request, exc: StockadeError) -> Response:
+        metrics.AUTH_FAILURES.inc()
+        title = "Identity provider unavailable" if exc.status_code >= 500 else "Sign-in refused"
+        response = ui.error_page(request, exc.status_code, title, exc.message, exc.hint)
+        response.delete_cookie(OIDC_COOKIE, path=ui.cookie_path(request), httponly=True, samesite="lax",
+                               secure=_is_https(request))
+        return response
+
+    @route("/auth/start", name="ui_auth_start", methods=["GET"])
+    async def sso_start(request: Request) -> Response:
+        """Send the browser to the issuer. A GET link, not a form: `form-action 'self'` would block the
+        cross-origin redirect, and starting a sign-in on someone's behalf gains nothing."""
+        sso = _sso()
+        next_path = request.query_params.get("next", "")
+        try:
+            login_id, location = await sso.start(next_path if _safe_next(request, next_path) else "")
+        except StockadeError as exc:
+            return _sso_refused(request, exc)
+        response = RedirectResponse(location, status_code=303)
+        # Lax, not Strict: the issuer's redirect back is a cross-site top-level GET, which must carry it.
+        response.set_cookie(OIDC_COOKIE, login_id, max_age=LOGIN_TTL_SECONDS, path=ui.cookie_path(request),
+                            httponly=True, samesite="lax", secure=_is_https(request))
+        return response
+
+    @route("/auth/callback", name="ui_auth_callback", methods=["GET"])
+    async def sso_callback(request: Request) -> Response:
+        sso = _sso()
+        try:
+            identity, next_path = await sso.finish(request.cookies.get(OIDC_COOKIE), request.query_params)
+            if identity.role != ADMIN_ROLE:
+                raise PermissionDenied(
+                    f"you signed in at {sso.issuer_name} as {identity.member}, whose role here is {identity.role!r}; "
+                    "the dashboard is for admins",
+                    hint="ask a platform admin to map your group to the admin role in the OIDC role_map")
+            offboarded = await anyio.to_thread.run_sync(lambda: not ui.still_member(identity.member))
+            if offboarded:
+                raise PermissionDenied(f"{identity.member} has been offboarded from this platform")
+        except StockadeError as exc:
+            return _sso_refused(request, exc)
+        response = _open_session(request, identity.member, identity.token_id, source="oidc", next_path=next_path)
+        response.delete_cookie(OIDC_COOKIE, path=ui.cookie_path(request), httponly=True, samesite="lax",
+                               secure=_is_https(request))
         return response
 
     @route("/logout", name="ui_logout", methods=["POST"])
@@ -785,6 +649,7 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
                          "variables": sorted((name, name in secret_names, at) for name, at in d.variables.items()),
                          "busy": d.status in BUSY_STATES or d.slug in ui.starting,
                          "restarts": d.restarts, "last_exit": d.last_exit, "egress_denials": egress_denials,
+                         "running": sum(1 for instance in d.instances if instance.status == "running"),
                          "can_stop": d.desired_state == "running",
                          "rotatable": [*entry.required_env, *entry.optional_env] if entry is not None else []})
         return rows
@@ -888,14 +753,9 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         tail = tail if tail in LOG_TAILS else LOG_TAIL_DEFAULT
         view = await anyio.to_thread.run_sync(deployments.get, slug)
         problems = []
-        try:
-            use = await anyio.to_thread.run_sync(deployments.resource_use, slug)
-        except StockadeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the engine could not be asked: say so, still show the logs
-            log.warning("resource use of %s could not be read: %s", slug, type(exc).__name__)
-            use = None
-            problems.append(f"Resource use could not be read from the container engine ({type(exc).__name__}).")
+        use, problem = await _measure(view)
+        if problem:
+            problems.append(problem)
         try:
             text = await anyio.to_thread.run_sync(lambda: deployments.logs(slug, tail=tail))
         except StockadeError:
@@ -905,9 +765,35 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
             text = ""
             problems.append(f"The log could not be read from the container engine ({type(exc).__name__}).")
         lines = text.splitlines()[-tail:]
-        return ui.render(request, "server_logs.html", web, page="servers", view=view,
-                         use=_resource_figures(use) if use is not None else None, lines=lines, tail=tail,
-                         tails=LOG_TAILS, fetched_at=utcnow(), problems=problems)
+        return ui.render(request, "server_logs.html", web, page="servers", view=view, use=use, lines=lines,
+                         tail=tail, tails=LOG_TAILS, fetched_at=utcnow(), problems=problems)
+
+    async def _measure(view: DeploymentView) -> tuple[dict[str, Any] | None, str | None]:
+        """(figures, or None when nothing runs; a problem to show when the engine could not be asked)."""
+        try:
+            use = await anyio.to_thread.run_sync(deployments.resource_use, view.slug)
+        except StockadeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine could not be asked: say so, the page still shows the rest
+            log.warning("resource use of %s could not be read: %s", view.slug, type(exc).__name__)
+            return None, f"Resource use could not be read from the container engine ({type(exc).__name__})."
+        if use is None:
+            return None, None
+        try:
+            limits = deployments.catalog.get(view.entry).resources.limits
+        except StockadeError:  # the entry left the catalog: its limits are unknown here
+            limits = None
+        running = sum(1 for instance in view.instances if instance.status == "running")
+        return _resource_figures(use, limits, running), None
+
+    @route("/servers/{slug}/usage", name="ui_server_usage", methods=["GET"])
+    async def server_usage(request: Request, slug: str) -> Response:
+        """A server's resource use now, as a fragment of its row (loaded by htmx: the page never waits for it)."""
+        web = await ui.require(request)
+        view = await anyio.to_thread.run_sync(deployments.get, slug)
+        use, problem = await _measure(view)
+        return ui.render(request, "_usage.html", web, view=view, use=use, problem=problem, in_row=True,
+                         fetched_at=utcnow())
 
     @route("/servers/{slug}/approve", name="ui_server_approve", methods=["POST"])
     async def approve_server_tools(request: Request, slug: str) -> Response:

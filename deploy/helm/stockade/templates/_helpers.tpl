@@ -87,7 +87,7 @@ seccompProfile:
   value: {{ .Values.logLevel | quote }}
 - name: STOCKADE_INSTALL_ENGINE
   value: "false"
-# Read by the Kubernetes backend (not a Settings field yet; see README).
+# The gateway discovers servers through the Services in this namespace; `stockade k8s` renders for the proxy URL.
 - name: STOCKADE_K8S_SERVERS_NAMESPACE
   value: {{ include "stockade.serversNamespace" . | quote }}
 - name: STOCKADE_K8S_EGRESS_PROXY_URL

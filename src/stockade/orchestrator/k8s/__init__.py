@@ -4,9 +4,10 @@ Rendering (`render`) is pure and needs neither a cluster nor the `kubernetes` pa
 and discovery (`cluster`) use the official `kubernetes` client, imported only when called.
 """
 
-from stockade.orchestrator.k8s.cluster import apply, discover_servers, load_api_client
+from stockade.orchestrator.k8s.cluster import DiscoveredServer, apply, discover_servers, load_api_client
 from stockade.orchestrator.k8s.render import (
     OPEN_NETWORK_WARNING,
+    bridge_token_context,
     default_deployment_id,
     egress_allowlist,
     image_for,
@@ -19,7 +20,9 @@ from stockade.orchestrator.k8s.render import (
 
 __all__ = [
     "OPEN_NETWORK_WARNING",
+    "DiscoveredServer",
     "apply",
+    "bridge_token_context",
     "default_deployment_id",
     "discover_servers",
     "egress_allowlist",

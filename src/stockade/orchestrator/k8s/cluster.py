@@ -3,13 +3,14 @@
 `apply` is deliberately small: it has never been run against a real cluster in this repository's
 tests (none is available where they run) — only its refusals and its errors without a reachable
 API server are tested. `discover_servers` is tested against the client's own model objects and a
-loopback HTTP server speaking the Kubernetes list API.
+loopback HTTP server speaking the Kubernetes list API, also behind a running gateway.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from stockade.errors import DeploymentError, EngineError
 from stockade.orchestrator.k8s.render import (
     ANNOTATION_PLACEHOLDER,
     BRIDGE_PORT,
+    LABEL_DEPLOYMENT,
+    LABEL_ENTRY,
     LABEL_NAME,
     LABEL_SERVER,
     SERVER_APP_NAME,
@@ -139,12 +142,21 @@ def _value(obj: Any, *path: str) -> Any:
     return obj
 
 
-def discover_servers(core_v1_api: Any, namespace: str) -> list[tuple[str, str]]:
-    """(slug, endpoint) of every Stockade server Service in `namespace`, sorted by slug.
+@dataclass(frozen=True)
+class DiscoveredServer:
+    slug: str
+    endpoint: str
+    entry: str | None  # the catalog entry it was rendered from (io.stockade/entry)
+    deployment_id: str | None  # io.stockade/deployment: with the slug, what its bridge token derives from
+
+
+def discover_servers(core_v1_api: Any, namespace: str) -> list[DiscoveredServer]:
+    """Every Stockade server Service in `namespace`, sorted by slug.
 
     Asks the API for Services labelled `app.kubernetes.io/name=stockade-server` with an
     `io.stockade/server` label, and checks the labels again (a selector is a request, not a
-    guarantee). The endpoint is the Service's cluster DNS name and its `http` port (else the first):
+    guarantee). The endpoint is the Service's cluster IP (no DNS lookup per call), else for a
+    headless Service its cluster DNS name, with its `http` port (else the first), e.g.
     `http://mcp-<slug>.<namespace>.svc:8080`.
     """
     result = core_v1_api.list_namespaced_service(namespace, label_selector=SERVER_LABEL_SELECTOR)
@@ -159,5 +171,10 @@ def discover_servers(core_v1_api: Any, namespace: str) -> list[tuple[str, str]]:
         port = _value(named[0], "port") if named else BRIDGE_PORT
         name = _value(service, "metadata", "name")
         ns = _value(service, "metadata", "namespace") or namespace
-        found.append((slug, f"http://{name}.{ns}.svc:{port}"))
-    return sorted(found)
+        cluster_ip = _value(service, "spec", "cluster_ip") or _value(service, "spec", "clusterIP")
+        if cluster_ip and cluster_ip != "None":
+            host = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
+        else:
+            host = f"{name}.{ns}.svc"
+        found.append(DiscoveredServer(slug, f"http://{host}:{port}", labels.get(LABEL_ENTRY), labels.get(LABEL_DEPLOYMENT)))
+    return sorted(found, key=lambda server: server.slug)

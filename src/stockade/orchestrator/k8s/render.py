@@ -50,6 +50,7 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_SERVER = "io.stockade/server"
+LABEL_ENTRY = "io.stockade/entry"
 LABEL_DEPLOYMENT = "io.stockade/deployment"
 LABEL_NETWORK = "io.stockade/network"
 SERVER_APP_NAME = "stockade-server"
@@ -110,10 +111,17 @@ def server_labels(entry: CatalogEntry, slug: str, deployment_id: str) -> dict[st
     return {
         **pod_selector(slug),
         LABEL_SERVER: slug,
+        LABEL_ENTRY: entry.name,
         LABEL_DEPLOYMENT: deployment_id,
         LABEL_NETWORK: entry.network.value,
         LABEL_MANAGED_BY: "stockade",
     }
+
+
+def bridge_token_context(namespace: str, slug: str, deployment_id: str) -> str:
+    """What a server's bridge token is derived for (`Sealer.derive_token`): `stockade k8s apply`
+    and every gateway derive the same token from the master key; a new deployment id rotates it."""
+    return f"k8s-bridge:{namespace}/{slug}/{deployment_id}"
 
 
 def default_deployment_id(namespace: str, slug: str) -> str:
