@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -219,3 +220,27 @@ def platform(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Doc
     finally:
         remove_deployments(running)
         stop_platform(running)
+
+
+@dataclass
+class HeldStream:
+    """A GET SSE stream read in a background thread until the server ends it."""
+
+    connected: threading.Event
+    ended: threading.Event
+    statuses: list[int]
+
+
+def hold_stream(url: str, headers: dict[str, str], *, timeout: float = 120) -> HeldStream:
+    held = HeldStream(threading.Event(), threading.Event(), [])
+
+    def read() -> None:
+        with httpx2.stream("GET", url, headers={**headers, "Accept": "text/event-stream"}, timeout=timeout) as response:
+            held.statuses.append(response.status_code)
+            held.connected.set()
+            for _ in response.iter_raw():
+                pass
+        held.ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return held

@@ -7,8 +7,8 @@ This is a domain model shared by the orchestrator (what to build and run) and th
 from __future__ import annotations
 
 import re
-from enum import Enum
 from collections.abc import Mapping
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Self

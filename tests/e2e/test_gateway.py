@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import RunningPlatform
+from tests.conftest import RunningPlatform, hold_stream
 
 pytestmark = pytest.mark.docker
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -126,24 +126,13 @@ def test_revocation_closes_the_open_stream_and_the_next_request_fails(deployed: 
     headers["Mcp-Session-Id"] = session
     httpx2.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
 
-    connected, stream_ended = threading.Event(), threading.Event()
-    statuses: list[int] = []
-
-    def hold_stream() -> None:
-        with httpx2.stream("GET", url, headers={**headers, "Accept": "text/event-stream"}, timeout=60) as response:
-            statuses.append(response.status_code)
-            connected.set()
-            for _ in response.iter_raw():
-                pass
-        stream_ended.set()
-
-    threading.Thread(target=hold_stream, daemon=True).start()
-    assert connected.wait(30) and statuses == [200]
-    assert not stream_ended.is_set()
+    stream = hold_stream(url, headers, timeout=60)
+    assert stream.connected.wait(30) and stream.statuses == [200]
+    assert not stream.ended.is_set()
     with deployed.api() as api:
         revoked = api.delete(f"/tokens/{minted['id']}").json()
     assert revoked["revoked_at"] is not None and revoked["streams_closed"] >= 1 and revoked["sessions_closed"] >= 1
-    assert stream_ended.wait(30), "the open SSE stream was not closed after revocation"
+    assert stream.ended.wait(30), "the open SSE stream was not closed after revocation"
     after = httpx2.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     assert after.status_code == 401
 

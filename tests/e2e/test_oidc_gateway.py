@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import RunningPlatform, start_platform, stop_platform
+from tests.conftest import RunningPlatform, hold_stream, start_platform, stop_platform
 from tests.gateway.issuer import LocalIssuer
 
 pytestmark = pytest.mark.docker
@@ -126,18 +125,7 @@ def test_open_stream_ends_when_its_jwt_expires(oidc_platform: RunningPlatform, i
     headers = {"Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2025-11-25",
                "Mcp-Session-Id": init.headers["mcp-session-id"], "Content-Type": "application/json"}
     httpx2.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-    connected, ended = threading.Event(), threading.Event()
-    statuses: list[int] = []
-
-    def hold_stream() -> None:
-        with httpx2.stream("GET", url, headers={**headers, "Accept": "text/event-stream"}, timeout=120) as response:
-            statuses.append(response.status_code)
-            connected.set()
-            for _ in response.iter_raw():
-                pass
-        ended.set()
-
-    threading.Thread(target=hold_stream, daemon=True).start()
-    assert connected.wait(30) and statuses == [200]
+    stream = hold_stream(url, headers)
+    assert stream.connected.wait(30) and stream.statuses == [200]
     # Nothing revokes the token: only its expiry can end the stream (the client's timeout is 120 s).
-    assert ended.wait(lifetime + 30), "the SSE stream outlived the JWT that opened it"
+    assert stream.ended.wait(lifetime + 30), "the SSE stream outlived the JWT that opened it"

@@ -13,7 +13,13 @@ from kubernetes import client
 
 from stockade.catalog import Catalog
 from stockade.errors import DeploymentError, EngineError
-from stockade.orchestrator.k8s import DiscoveredServer, apply, discover_servers, load_api_client, render_server
+from stockade.orchestrator.k8s import (
+    DiscoveredServer,
+    apply,
+    discover_servers,
+    load_api_client,
+    render_server,
+)
 from tests.k8s.apiserver import FakeApiServer, write_kubeconfig
 
 NS = "stockade-servers"

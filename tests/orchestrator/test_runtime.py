@@ -23,9 +23,9 @@ from stockade.errors import DeploymentError
 from stockade.orchestrator import firewall
 from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
+from tests.listener import HostListener
 
 from .conftest import record
-from tests.listener import HostListener
 
 SLUG = "orch-test-time"
 OTHER_SLUG = "orch-test-other"

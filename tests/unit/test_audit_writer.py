@@ -26,6 +26,30 @@ def call(n: int) -> AuditEvent:
                       tool="get_current_time", latency_ms=1.0, outcome="ok", request_id=str(n))
 
 
+def append_concurrently(writer: AuditWriter, count: int) -> tuple[list[int], list[BaseException]]:
+    """`count` calls appending at once while the writer runs; which were acknowledged, which failed."""
+    acknowledged: list[int] = []
+    failures: list[BaseException] = []
+
+    async def one(n: int) -> None:
+        try:
+            await writer.append(call(n))
+            acknowledged.append(n)
+        except Exception as exc:  # noqa: BLE001 - the test records whatever reaches the caller
+            failures.append(exc)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as outer:
+            await outer.start(writer.run)
+            async with anyio.create_task_group() as calls:
+                for n in range(count):
+                    calls.start_soon(one, n)
+            outer.cancel_scope.cancel()
+
+    anyio.run(main)
+    return acknowledged, failures
+
+
 def test_concurrent_calls_share_commits_and_keep_one_chain(database: Database) -> None:
     commits = 0
 
@@ -34,23 +58,8 @@ def test_concurrent_calls_share_commits_and_keep_one_chain(database: Database) -
         commits += 1
 
     event.listen(database.engine, "commit", count)
-    writer = AuditWriter(AuditLog(database))
-    acknowledged: list[int] = []
-
-    async def one(n: int) -> None:
-        await writer.append(call(n))
-        acknowledged.append(n)
-
-    async def main() -> None:
-        async with anyio.create_task_group() as outer:
-            await outer.start(writer.run)
-            async with anyio.create_task_group() as calls:
-                for n in range(300):
-                    calls.start_soon(one, n)
-            outer.cancel_scope.cancel()
-
-    anyio.run(main)
-    assert sorted(acknowledged) == list(range(300))
+    acknowledged, failures = append_concurrently(AuditWriter(AuditLog(database)), 300)
+    assert failures == [] and sorted(acknowledged) == list(range(300))
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(AuditRecord)) == 300
         assert sorted(int(r) for r in session.scalars(select(AuditRecord.request_id))) == list(range(300))
@@ -68,22 +77,5 @@ def test_a_writer_that_is_not_running_acknowledges_nothing(database: Database) -
 def test_a_failed_commit_reaches_every_caller_of_its_batch(database: Database) -> None:
     with database.engine.begin() as connection:
         connection.execute(text("ALTER TABLE audit RENAME TO audit_gone"))
-    writer = AuditWriter(AuditLog(database))
-    failures: list[BaseException] = []
-
-    async def one(n: int) -> None:
-        try:
-            await writer.append(call(n))
-        except Exception as exc:
-            failures.append(exc)
-
-    async def main() -> None:
-        async with anyio.create_task_group() as outer:
-            await outer.start(writer.run)
-            async with anyio.create_task_group() as calls:
-                for n in range(5):
-                    calls.start_soon(one, n)
-            outer.cancel_scope.cancel()
-
-    anyio.run(main)
-    assert len(failures) == 5
+    acknowledged, failures = append_concurrently(AuditWriter(AuditLog(database)), 5)
+    assert acknowledged == [] and len(failures) == 5

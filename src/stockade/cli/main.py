@@ -9,8 +9,8 @@ import typer
 
 from stockade.cli import k8s
 from stockade.cli.client import ApiClient
-from stockade.cli.verify import verify_command
 from stockade.cli.output import console, emit, errors
+from stockade.cli.verify import verify_command
 from stockade.config import Settings, load_settings
 from stockade.errors import StockadeError
 

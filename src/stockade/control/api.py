@@ -29,7 +29,7 @@ from stockade.catalog import MAX_REPLICAS, SLUG_PATTERN, NetworkProfile
 from stockade.control.deployments import Deployments, DeploymentView
 from stockade.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDenied, StockadeError
 from stockade.gateway.app import Gateway
-from stockade.gateway.audit import AuditEvent, verify_database
+from stockade.gateway.audit import MAX_AUDIT_ID, AuditEvent, verify_database
 from stockade.gateway.identity import (
     ADMIN_ROLE,
     Principal,
@@ -90,10 +90,6 @@ def _iso_datetime(value: object) -> object:
 
 
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
-
-# Audit ids are 32-bit on PostgreSQL; a larger bound would overflow SQLite's integers instead of matching nothing.
-MAX_AUDIT_ID = 2**31 - 1
-
 
 class DeployRequest(BaseModel):
     server: str = Field(description="catalog entry name")

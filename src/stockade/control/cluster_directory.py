@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import anyio
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from stockade.catalog import Catalog
 from stockade.errors import StockadeError
@@ -46,7 +48,7 @@ class ClusterDirectory:
             return self._cache[1]
         try:
             found = await anyio.to_thread.run_sync(discover_servers, self._api, self._namespace)
-        except Exception as exc:  # the API server away: keep routing to what was there, for a while
+        except (ApiException, HTTPError, OSError) as exc:  # the API server away: keep routing to what was there
             if self._cache is not None:
                 log.warning("server discovery failed (%s); using the last answer", type(exc).__name__)
                 return self._cache[1]

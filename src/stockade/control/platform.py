@@ -28,10 +28,10 @@ from stockade.gateway.upstream import ServerDirectory
 from stockade.logs import configure_logging
 from stockade.orchestrator.k8s import load_api_client
 from stockade.orchestrator.runtime import Orchestrator
-from stockade.verify import run_verify
 from stockade.secrets import Sealer, load_master_key
 from stockade.store.database import Database
 from stockade.store.models import KeyCheck, Member, utcnow
+from stockade.verify import run_verify
 
 log = logging.getLogger(__name__)
 

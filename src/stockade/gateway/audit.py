@@ -25,6 +25,9 @@ from stockade.store.models import AuditAnchor, AuditRecord, utcnow
 GENESIS = "0" * 64
 _APPEND_ATTEMPTS = 20
 _EXPORT_BATCH = 1000
+# Audit ids are 32-bit on PostgreSQL; a larger bound in a query would overflow SQLite's integers
+# instead of matching nothing.
+MAX_AUDIT_ID = 2**31 - 1
 _CHAIN_LOCK_KEY = 0x5740CADE  # any fixed number: the one advisory lock that guards the chain
 
 

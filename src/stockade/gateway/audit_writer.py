@@ -74,7 +74,7 @@ class AuditWriter:
         try:
             # Not abandoned on cancellation: a batch in flight is finished before the writer stops.
             await anyio.to_thread.run_sync(self._audit.append_many, [pending.event for pending in batch])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, every caller of the batch must hear it
             log.error("audit batch of %d records failed: %s", len(batch), type(exc).__name__)
             for pending in batch:
                 pending.error = exc

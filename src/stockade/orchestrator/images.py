@@ -14,7 +14,6 @@ and builds run with `pull=False` from that local image only.
 
 from __future__ import annotations
 
-
 import hashlib
 import os
 import re

@@ -62,6 +62,7 @@ LOG_LINES_ON_FAILURE = 30
 # How long an instance taken out of service may finish its calls: the engine's stop timeout, above
 # the bridge's own drain (20 s by default) so that the bridge ends them, not SIGKILL.
 DRAIN_SECONDS = 30
+LIST_ATTEMPTS = 5  # listing again after a container vanished mid-list
 log = logging.getLogger("stockade.orchestrator")
 
 
@@ -213,7 +214,7 @@ class Orchestrator:
     def replicas(self, slug: str) -> list[int]:
         """The numbers of every instance of `slug` that has anything on the engine (and 0)."""
         found = {0}
-        labelled = [*self.client.containers.list(all=True, filters={"label": self._labels(slug)}),
+        labelled = [*self._list_containers({"label": self._labels(slug)}),
                     *self.client.networks.list(filters={"label": self._labels(slug)})]
         for thing in labelled:
             number = _replica_of(thing.attrs.get("Labels") or thing.attrs.get("Config", {}).get("Labels") or {})
@@ -228,7 +229,7 @@ class Orchestrator:
         come back before the control plane routes to an adopted server again.
         """
         found = []
-        for container in self.client.containers.list(filters={"label": self._labels()}):
+        for container in self._list_containers(running_only=True, filters={"label": self._labels()}):
             instance = self._instance_of(container)
             if instance is not None:
                 firewall.block_host(self.key(instance.slug, instance.replica))
@@ -410,11 +411,11 @@ class Orchestrator:
 
     def _proxy_containers(self, slug: str, replica: int) -> list[Any]:
         """The egress proxy of one instance of a deployment."""
-        labelled = [c for c in self.client.containers.list(all=True, filters={"label": [
+        labelled = [c for c in self._list_containers({"label": [
                         f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", f"{egress.LABEL_PROXY_FOR}={slug}"]})
                     if _replica_of(c.labels or {}) == replica]
         name = egress.proxy_container_name(unit_name(slug, replica), self.owner)
-        named = self.client.containers.list(all=True, filters={"name": f"^/{name.replace('.', '[.]')}$"})
+        named = self._list_containers({"name": f"^/{name.replace('.', '[.]')}$"})
         return list({c.id: c for c in [*labelled, *named]}.values())
 
     def _ensure_proxy_running(self, slug: str, replica: int) -> None:
@@ -555,11 +556,22 @@ class Orchestrator:
                 path.chmod(0o777)
 
     # -- lookup and removal --------------------------------------------------------------------------
+    def _list_containers(self, filters: dict[str, Any], *, running_only: bool = False) -> list[Any]:
+        """The engine's containers matching `filters`. Listing inspects each one it finds; a container
+        removed in between (a drain running in parallel) makes that fail: list again."""
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                return self.client.containers.list(all=not running_only, filters=filters)
+            except docker.errors.NotFound:
+                if attempt == LIST_ATTEMPTS - 1:
+                    raise
+        return []
+
     def _containers(self, slug: str, replica: int) -> list[Any]:
-        by_label = [c for c in self.client.containers.list(all=True, filters={"label": self._labels(slug)})
+        by_label = [c for c in self._list_containers({"label": self._labels(slug)})
                     if _replica_of(c.labels or {}) == replica]
         name = container_name(unit_name(slug, replica), self.owner)
-        by_name = self.client.containers.list(all=True, filters={"name": f"^/{name.replace('.', '[.]')}$"})
+        by_name = self._list_containers({"name": f"^/{name.replace('.', '[.]')}$"})
         seen: dict[str, Any] = {}
         for container in [*by_label, *by_name]:
             seen.setdefault(container.id, container)

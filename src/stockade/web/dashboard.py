@@ -52,7 +52,7 @@ from stockade.errors import (
     ValidationFailed,
 )
 from stockade.gateway.app import Gateway
-from stockade.gateway.audit import verify_database
+from stockade.gateway.audit import MAX_AUDIT_ID, verify_database
 from stockade.gateway.identity import (
     ADMIN_ROLE,
     authenticate,
@@ -935,7 +935,7 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
         web = await ui.require(request)
         filters, problems = _audit_filters(request)
         try:
-            after_id = max(0, int(request.query_params.get("after_id", "0")))
+            after_id = min(MAX_AUDIT_ID, max(0, int(request.query_params.get("after_id", "0"))))
             limit = int(request.query_params.get("limit", "50"))
         except ValueError:
             after_id, limit = 0, 50
