@@ -215,7 +215,7 @@ def test_deploy_modal_is_keyboard_usable_and_collects_credentials_safely(watched
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(opener).to_be_focused()
-    assert page.locator("#env-keyed-time-PLANTED_API_KEY").input_value() == ""  # a cancelled dialog forgets it
+    expect(page.locator("#env-keyed-time-PLANTED_API_KEY")).to_have_value("")  # a cancelled dialog forgets it
 
     # the server refuses a deploy without the required variable, and says which one
     csrf = page.locator("meta[name=csrf-token]").get_attribute("content")

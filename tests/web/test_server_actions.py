@@ -95,7 +95,8 @@ def test_rotate_secret_resource_use_and_log_tail(watched: Watched, docker_client
         secret_input.fill("typed-then-cancelled")
         page.keyboard.press("Escape")
         expect(dialog).to_be_hidden()
-        assert page.locator(f"#rotate-{slug}-PLANTED_API_KEY").input_value() == ""
+        # The dialog's "close" event (dispatched as a task after it hides) resets its form.
+        expect(page.locator(f"#rotate-{slug}-PLANTED_API_KEY")).to_have_value("")
 
         # -- rotate with a new planted value ---------------------------------------------------------
         opener.click()
