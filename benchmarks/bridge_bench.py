@@ -250,10 +250,11 @@ def rss_mb(pid: int) -> float | None:
 async def measure(target: StdioTarget | HttpTarget, calls: int, concurrency: int) -> tuple[float, float, float, str]:
     async with target:
         idle = ""
-        if isinstance(target, HttpTarget) and target.process is not None:
-            await asyncio.sleep(1)
-            rss = rss_mb(target.process.pid)
-            idle = f"{rss:.1f} MB" if rss is not None else ""
+        if isinstance(target, HttpTarget):
+            if target.process is not None:
+                await asyncio.sleep(1)
+                rss = rss_mb(target.process.pid)
+                idle = f"{rss:.1f} MB" if rss is not None else ""
             await target.connections_for(concurrency)
         await drive(target.call, min(300, calls), concurrency)  # warm-up
         sequential, _ = await drive(target.call, min(1000, calls), 1)
