@@ -49,6 +49,12 @@ def test_bad_input_gets_clear_errors(platform: RunningPlatform) -> None:
         assert api.post("/members/nobody/tokens", json={}).status_code == 404
         assert api.delete("/tokens/doesnotexist").status_code == 404
         assert api.get("/deployments").json() == [] or all(d["slug"] != "t2" for d in api.get("/deployments").json())
+        # A NUL character (PostgreSQL text cannot hold one): the same clear 422 on either store.
+        for refused in (api.get("/audit", params={"server": "a\x00b"}),
+                        api.post("/members", json={"name": "nul\u0000member", "role": "member"}),
+                        api.get("/deployments/a%00b")):
+            assert refused.status_code == 422 and "NUL character" in refused.json()["error"], refused.text
+        assert all(m["name"] != "nul\x00member" for m in api.get("/members").json())
 
 
 def test_cli_mirrors_the_api(platform: RunningPlatform) -> None:

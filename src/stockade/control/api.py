@@ -27,7 +27,14 @@ from starlette.routing import Match
 from stockade import metrics
 from stockade.catalog import MAX_REPLICAS, SLUG_PATTERN, NetworkProfile
 from stockade.control.deployments import Deployments, DeploymentView
-from stockade.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDenied, StockadeError
+from stockade.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDenied,
+    StockadeError,
+    ValidationFailed,
+)
 from stockade.gateway.app import Gateway
 from stockade.gateway.audit import MAX_AUDIT_ID, AuditEvent, verify_database
 from stockade.gateway.identity import (
@@ -241,6 +248,32 @@ class ApproveIn(BaseModel):
     tools: list[str] | None = Field(default=None, description="names to approve; all when omitted")
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+async def refuse_nul(request: Request) -> None:
+    """PostgreSQL text cannot hold a NUL character (SQLite can): refuse it up front, in the path, the
+    query or a JSON body, so both stores answer the same clear 422 instead of a database error."""
+    if "\x00" in request.scope.get("path", "") or any(
+            _holds_nul(key) or _holds_nul(value) for key, value in request.query_params.multi_items()):
+        raise ValidationFailed("the request holds a NUL character", hint="remove it; no name or value may contain one")
+    body = await request.body()
+    if body and b"\\u0000" in body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return  # not JSON: the route's own validation answers
+        if _holds_nul(parsed):
+            raise ValidationFailed("the request holds a NUL character", hint="remove it; no name or value may contain one")
+
+
 @dataclass
 class AuditFilters:
     """The audit query parameters shared by listing and export."""
@@ -352,7 +385,8 @@ def create_control_app(
         return {"status": "alive"}
 
     # Any route may refuse a caller or input; those without a body or parameters never answer 400 or 422.
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], responses=_errors(400, 401, 403, 422))
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin), Depends(refuse_nul)],
+                    responses=_errors(400, 401, 403, 422))
 
     @api.get("/catalog")
     async def list_catalog() -> list[dict[str, Any]]:
