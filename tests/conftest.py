@@ -5,6 +5,7 @@ Nothing here skips: if the Docker engine or an image cannot be had, the tests th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -212,14 +213,20 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[RunningPlatform]:
-    running = start_platform(tmp_path_factory.mktemp("platform"))
+@contextlib.contextmanager
+def cleaned_up(running: RunningPlatform) -> Iterator[RunningPlatform]:
+    """A started platform that, when the block ends, has its deployments removed and is stopped."""
     try:
         yield running
     finally:
         remove_deployments(running)
         stop_platform(running)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[RunningPlatform]:
+    with cleaned_up(start_platform(tmp_path_factory.mktemp("platform"))) as running:
+        yield running
 
 
 @dataclass

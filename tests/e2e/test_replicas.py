@@ -13,7 +13,7 @@ import pytest
 
 from stockade.orchestrator import firewall
 from stockade.orchestrator.spec import owner_id, unit_name
-from tests.conftest import RunningPlatform, remove_deployments, stop_platform, wait_for
+from tests.conftest import RunningPlatform, cleaned_up, stop_platform, wait_for
 from tests.e2e.probe_platform import (
     call,
     containers,
@@ -29,12 +29,8 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[RunningPlatform]:
-    platform = start_probe_platform(tmp_path_factory.mktemp("replicas"))
-    try:
+    with cleaned_up(start_probe_platform(tmp_path_factory.mktemp("replicas"))) as platform:
         yield platform
-    finally:
-        remove_deployments(platform)
-        stop_platform(platform)
 
 
 def session_calls(platform: RunningPlatform, token: str, slug: str, count: int) -> tuple[str, set[str]]:

@@ -12,7 +12,7 @@ import docker
 import httpx2
 import pytest
 
-from tests.conftest import RunningPlatform, remove_deployments, stop_platform
+from tests.conftest import RunningPlatform, cleaned_up
 from tests.e2e.probe_platform import (
     call,
     containers,
@@ -33,12 +33,8 @@ MAX_LOOP_CALLS = 2000  # bounds the loop of calls made while rotating
 
 @pytest.fixture(scope="module")
 def rotating(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[RunningPlatform]:
-    platform = start_probe_platform(tmp_path_factory.mktemp("rotation"))
-    try:
+    with cleaned_up(start_probe_platform(tmp_path_factory.mktemp("rotation"))) as platform:
         yield platform
-    finally:
-        remove_deployments(platform)
-        stop_platform(platform)
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
