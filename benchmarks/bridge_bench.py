@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/bridge_bench.py [--server time|echo] [--calls 2000] [--concurrency 20]
         [--rounds 1] [--mcp-proxy PATH | --no-mcp-proxy] [--gateway URL --token TOKEN]
+        [--container URL --container-token TOKEN]
 
 `--server time` serves `mcp-server-time` (`get_current_time`); `--server echo` the fixture
 server's trivial `echo` (bridge-only overhead). Each target is measured sequentially (one caller:
 p50/p99 latency) and with `--concurrency` callers (calls/s); `--rounds N` repeats everything N times
 (the machine is shared: report the range). `--gateway` adds the full stack: a running Stockade
-gateway URL of a deployed `time` server and a member token. Prints figures; asserts nothing.
+gateway URL of a deployed `time` server and a member token; `--container` the same server's bridge
+measured directly (its own token), the baseline for what the gateway adds. Prints figures; asserts nothing.
 Loopback and the project's own containers only.
 
 The client is deliberately lean, so it measures the servers and not itself: raw HTTP/1.1 on one
@@ -36,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = [sys.executable, str(REPO / "tests" / "fixtures" / "fixture_server.py")]
 CACHE = Path(os.environ.get("STOCKADE_TEST_CACHE", Path.home() / ".cache" / "stockade-tests"))
 TOKEN = "bench-token-0123456789"
+BRIDGE_IN_CONTAINER = "bridge in container"
+FULL_STACK = "stockade full stack"
 INIT = (b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
         b'"capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}')
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
@@ -286,6 +290,8 @@ async def main() -> None:
     parser.add_argument("--no-mcp-proxy", action="store_true", help="leave the peer out")
     parser.add_argument("--gateway", help="MCP URL of a deployed time server on a running gateway")
     parser.add_argument("--token", help="member token for --gateway")
+    parser.add_argument("--container", help="MCP URL of the bridge (in its container) behind --gateway, measured directly")
+    parser.add_argument("--container-token", help="that bridge's own token")
     args = parser.parse_args()
     server = SERVERS[args.server]
     mcp_proxy = None if args.no_mcp_proxy else (args.mcp_proxy or ensure_mcp_proxy())
@@ -300,9 +306,11 @@ async def main() -> None:
                        f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, server,
                        bootstrap=True),
         ]
+        if args.container and args.server == "time":
+            chosen.append(HttpTarget(BRIDGE_IN_CONTAINER, [], args.container,
+                                     {"authorization": f"Bearer {args.container_token}"}, server))
         if args.gateway and args.server == "time":
-            chosen.append(HttpTarget("stockade full stack", [], args.gateway,
-                                     {"authorization": f"Bearer {args.token}"}, server))
+            chosen.append(HttpTarget(FULL_STACK, [], args.gateway, {"authorization": f"Bearer {args.token}"}, server))
         if mcp_proxy:
             port = free_port()
             chosen.append(HttpTarget("mcp-proxy (PyPI)", [mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
@@ -316,6 +324,7 @@ async def main() -> None:
           f" {'added p50':>10}")
     for _ in range(args.rounds):
         baseline: float | None = None
+        p50s: dict[str, float] = {}
         for target in targets():
             try:
                 p50, p99, rate, idle = await measure(target, args.calls, args.concurrency)
@@ -324,7 +333,11 @@ async def main() -> None:
                 continue
             added = "" if baseline is None else f"{p50 - baseline:+.2f} ms"
             baseline = p50 if baseline is None else baseline
+            p50s[target.name] = p50
             print(f"{target.name:<24} {p50:8.2f} {p99:8.2f} {rate:12.0f} {idle:>10} {added:>10}", flush=True)
+        if BRIDGE_IN_CONTAINER in p50s and FULL_STACK in p50s:
+            print(f"{'':<24} the gateway adds {p50s[FULL_STACK] - p50s[BRIDGE_IN_CONTAINER]:+.2f} ms p50 over the bridge "
+                  "in its container alone", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,54 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bridge_bench import free_port  # noqa: E402
 
 
+# The call benchmark's server: `time` with the `large` resource profile, so that the figures measure
+# the stack rather than the small profile's CPU quota (half a CPU). The same image as `time`.
+CALLS_ENTRY = """
+  - name: time-bench
+    description: mcp-server-time for the call benchmark (resource profile large).
+    build:
+      pypi: mcp-server-time==2026.10.19
+    command: [mcp-server-time]
+    resources: large
+    network: none
+"""
+
+
+def bench_catalog(data_dir: Path) -> Path:
+    bundled = (REPO / "src" / "stockade" / "bundled_catalog.yaml").read_text()
+    path = data_dir / "bench-catalog.yaml"
+    path.write_text(bundled.rstrip("\n") + "\n" + CALLS_ENTRY)
+    return path
+
+
+def bridge_of(data_dir: Path, slug: str) -> tuple[str, str]:
+    """The endpoint and token of a deployed server's (first) bridge, read from the platform's store
+    as its gateway reads them, for the "bridge in a container" baseline."""
+    from sqlalchemy import select
+
+    from stockade.config import Settings
+    from stockade.secrets import Sealer, load_master_key
+    from stockade.control.directory import seal_context
+    from stockade.store.database import Database
+    from stockade.store.models import Deployment
+
+    settings = Settings(data_dir=data_dir)
+    sealer = Sealer(load_master_key(settings, create=False))
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            row = session.scalar(select(Deployment).where(Deployment.slug == slug))
+            assert row is not None and row.instances, f"{slug} is not deployed"
+            token = sealer.open(row.bridge_token, context=seal_context(row.id, "bridge-token")).decode()
+            return row.instances[0].endpoint, token
+    finally:
+        database.close()
+
+
 def start(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], str, str]:
     gateway, control = free_port(), free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}, "STOCKADE_DATA_DIR": str(data_dir),
+           "STOCKADE_CATALOG_FILE": str(bench_catalog(data_dir)),
            "STOCKADE_GATEWAY_PORT": str(gateway), "STOCKADE_CONTROL_PORT": str(control), "STOCKADE_LOG_LEVEL": "warning",
            "STOCKADE_RATE_LIMIT_PER_MINUTE": "10000000", "STOCKADE_RATE_LIMIT_BURST": "100000"}
     admin = subprocess.run([sys.executable, "-m", "stockade.cli", "admin-token"], env=env, capture_output=True,
@@ -63,6 +108,7 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, default=0, help="deploy this many servers at once")
     parser.add_argument("--mcp-proxy")
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the call benchmark (the machine is shared)")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
     process, env, admin, gateway, control = start(data_dir)
@@ -80,8 +126,11 @@ def main() -> None:
         print(f"deploy to first successful call (cached image): median {statistics.median(timings):.2f} s "
               f"over {len(timings)} deploys ({', '.join(f'{t:.2f}' for t in timings)})", flush=True)
 
+        api.post("/deployments", json={"server": "time-bench", "slug": "calls"}).raise_for_status()
+        endpoint, bridge_token = bridge_of(data_dir, "calls")
         bench = [sys.executable, str(REPO / "benchmarks" / "bridge_bench.py"), "--server", "time", "--calls",
-                 str(args.calls), "--gateway", f"{gateway}/servers/warmup/mcp", "--token", token]
+                 str(args.calls), "--rounds", str(args.rounds), "--gateway", f"{gateway}/servers/calls/mcp", "--token", token,
+                 "--container", f"{endpoint}/mcp", "--container-token", bridge_token]
         if args.mcp_proxy:
             bench += ["--mcp-proxy", args.mcp_proxy]
         subprocess.run(bench, check=False)

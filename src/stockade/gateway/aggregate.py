@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx2
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -21,6 +20,7 @@ from mcp.shared.exceptions import MCPError
 
 from stockade import __version__
 from stockade.gateway import jsonrpc
+from stockade.gateway.bridge_link import LinkError
 from stockade.gateway.identity import Principal
 from stockade.gateway.upstream import ServerDirectory
 
@@ -50,9 +50,10 @@ def create_aggregate_server(directory: ServerDirectory, proxy_of: Any) -> Stream
         for upstream in await directory.running():
             try:
                 response = await proxy.rest(upstream, "GET", "/tools")
-                response.raise_for_status()
-            except httpx2.HTTPError:
+            except LinkError:
                 continue  # a server that cannot answer offers nothing this time
+            if response.status_code != 200:
+                continue
             call = jsonrpc.Call(id="aggregate", method="tools/list", name=None)
             rewrite = proxy.list_filter(principal, upstream, call)
             assert rewrite is not None

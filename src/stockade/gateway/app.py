@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -23,6 +23,7 @@ from stockade.gateway import jsonrpc
 from stockade.gateway.aggregate import AGGREGATE, create_aggregate_server
 from stockade.gateway.audit import AuditLog
 from stockade.gateway.audit_writer import AuditWriter
+from stockade.gateway.bridge_link import BridgeLink, LinkError
 from stockade.gateway.identity import Principal, authenticate, bearer_from_header, role_rules
 from stockade.gateway.oidc import InsufficientScope, OidcConfig, OidcIdentity, OidcVerifier, looks_like_jwt
 from stockade.gateway.pins import ToolPins
@@ -34,7 +35,7 @@ from stockade.store.database import Database
 from stockade.store.models import Member, Role
 
 log = logging.getLogger(__name__)
-UPSTREAM_TIMEOUT = httpx2.Timeout(connect=5.0, read=300.0, write=30.0, pool=10.0)
+OIDC_TIMEOUT = httpx2.Timeout(10.0)
 
 
 class Gateway:
@@ -60,7 +61,7 @@ class Gateway:
         self.limiter: RateLimiter = create_rate_limiter(database, per_minute=rate_per_minute, burst=rate_burst)
         self.public_url = public_url.rstrip("/")
         self.oidc = oidc
-        self.http: httpx2.AsyncClient | None = None
+        self.link: BridgeLink | None = None
         self.verifier: OidcVerifier | None = None
 
     def resource_metadata_url(self, path: str) -> str:
@@ -73,12 +74,7 @@ class Gateway:
         if self.verifier is not None and looks_like_jwt(presented):
             identity = await self.verifier.verify(presented or "")
             return await anyio.to_thread.run_sync(self._oidc_principal, identity)
-
-        def lookup() -> Principal:
-            with self.database.session() as session:
-                return authenticate(session, presented)
-
-        return await anyio.to_thread.run_sync(lookup)
+        return await self.database.read(lambda connection: authenticate(connection, presented))
 
     def _oidc_principal(self, identity: OidcIdentity) -> Principal:
         with self.database.session() as session:
@@ -101,14 +97,15 @@ class Gateway:
     async def end_upstream_session(self, slug: str, session_id: str) -> None:
         upstream = await self.directory.resolve(slug)
         pinned = upstream.session_replica(session_id) if upstream is not None else None
-        if upstream is None or pinned is None or self.http is None:
+        if upstream is None or pinned is None or self.link is None:
             return  # no such server or replica any more: the session ended with it
         replica, session = pinned
         try:
-            await self.http.delete(f"{replica.endpoint}/mcp", headers={
+            response = await self.link.send("DELETE", f"{replica.endpoint}/mcp", headers={
                 "authorization": f"Bearer {upstream.token}", "mcp-session-id": session})
-        except httpx2.HTTPError as exc:
-            log.warning("could not end session on %s: %s", slug, type(exc).__name__)
+            await response.read()
+        except LinkError as exc:
+            log.warning("could not end session on %s: %s", slug, exc)
 
     async def close_token(self, token_id: str) -> Closed:
         """Close every stream and session held open by a (revoked) token."""
@@ -168,11 +165,12 @@ class AsgiEndpoint:
 def create_gateway_app(gateway: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx2.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False) as http:
-            gateway.http = http
+        async with AsyncExitStack() as stack:
+            gateway.link = await stack.enter_async_context(BridgeLink())
             if gateway.oidc is not None:
+                http = await stack.enter_async_context(httpx2.AsyncClient(timeout=OIDC_TIMEOUT, follow_redirects=False))
                 gateway.verifier = OidcVerifier(gateway.oidc, http)
-            app.state.proxy = McpProxy(http, gateway.audit_writer, gateway.pins, gateway.streams)
+            app.state.proxy = McpProxy(gateway.link, gateway.audit_writer, gateway.pins, gateway.streams)
             async with anyio.create_task_group() as writing:
                 await writing.start(gateway.audit_writer.run)
                 async with aggregate.run(), anyio.create_task_group() as tasks:
@@ -181,7 +179,7 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
                     tasks.cancel_scope.cancel()
                 # Last: every call still in flight above has had its record committed.
                 writing.cancel_scope.cancel()
-            gateway.http = None
+            gateway.link = None
 
     app = FastAPI(title="Stockade gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     aggregate = create_aggregate_server(gateway.directory, lambda: app.state.proxy)
@@ -285,7 +283,9 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
         for upstream in await gateway.directory.running():
             try:
                 response = await proxy.rest(upstream, "GET", "/tools")
-            except httpx2.HTTPError:
+            except LinkError:
+                continue
+            if response.status_code != 200:
                 continue
             call = jsonrpc.Call(id="rest", method="tools/list", name=None)
             rewrite = proxy.list_filter(principal, upstream, call)

@@ -10,12 +10,12 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -44,22 +44,25 @@ class AuditEvent:
     request_id: str | None = None
 
 
-def record_digest(record: AuditRecord) -> str:
-    fields = {
-        "id": record.id,
-        "ts": record.ts.isoformat(),
-        "member": record.member,
-        "token_id": record.token_id,
-        "server": record.server,
-        "method": record.method,
-        "tool": record.tool,
-        "latency_ms": round(record.latency_ms, 3),
-        "outcome": record.outcome,
-        "error_code": record.error_code,
-        "request_id": record.request_id,
-        "prev_hash": record.prev_hash,
-    }
+CHAINED_FIELDS = ("id", "ts", "member", "token_id", "server", "method", "tool", "latency_ms", "outcome", "error_code",
+                  "request_id", "prev_hash")
+
+
+def digest_of(values: Mapping[str, Any]) -> str:
+    """The hash of one record: its chained fields, the previous record's hash among them."""
+    fields = {name: values[name] for name in CHAINED_FIELDS}
+    fields["ts"] = fields["ts"].isoformat()
+    fields["latency_ms"] = round(fields["latency_ms"], 3)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def record_digest(record: AuditRecord) -> str:
+    return digest_of({name: getattr(record, name) for name in CHAINED_FIELDS})
+
+
+# Built once: on the path of every call, where constructing a statement costs more than running it.
+_LAST_RECORD = select(AuditRecord.id, AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)
+_INSERT_RECORDS = insert(AuditRecord)
 
 
 class AuditLog:
@@ -89,30 +92,33 @@ class AuditLog:
                 time.sleep(0.005 * (attempt + 1))
 
     def _append_once(self, events: Sequence[AuditEvent]) -> None:
-        with self._db.session() as session:
-            if session.bind is not None and session.bind.dialect.name == "postgresql":
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
-            last = session.execute(select(AuditRecord.id, AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)).first()
+        # Core statements, not ORM objects: this runs for every call, and the unit of work's
+        # bookkeeping cost more than the insert itself.
+        with self._db.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
+            last = connection.execute(_LAST_RECORD).first()
             last_id, last_hash = (last.id, last.hash) if last else (0, GENESIS)
+            rows = []
             for event in events:
-                record = AuditRecord(
-                    id=last_id + 1,
-                    ts=utcnow(),
-                    member=event.member,
-                    token_id=event.token_id,
-                    server=event.server,
-                    method=event.method,
-                    tool=event.tool,
-                    latency_ms=round(event.latency_ms, 3),
-                    outcome=event.outcome,
-                    error_code=event.error_code,
-                    request_id=event.request_id,
-                    prev_hash=last_hash,
-                    hash="",
-                )
-                record.hash = record_digest(record)
-                session.add(record)
-                last_id, last_hash = record.id, record.hash
+                row: dict[str, Any] = {
+                    "id": last_id + 1,
+                    "ts": utcnow(),
+                    "member": event.member,
+                    "token_id": event.token_id,
+                    "server": event.server,
+                    "method": event.method,
+                    "tool": event.tool,
+                    "latency_ms": round(event.latency_ms, 3),
+                    "outcome": event.outcome,
+                    "error_code": event.error_code,
+                    "request_id": event.request_id,
+                    "prev_hash": last_hash,
+                }
+                row["hash"] = digest_of(row)
+                rows.append(row)
+                last_id, last_hash = row["id"], row["hash"]
+            connection.execute(_INSERT_RECORDS, rows)
 
     def export_lines(self, **filters: Any) -> Iterator[bytes]:
         """Matching records as JSON Lines, in batches (for downloads of any size)."""

@@ -42,11 +42,16 @@ class ToolPins:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, tuple[str, str | None]]]] = {}
 
-    def _pins(self, server: str) -> dict[str, tuple[str, str | None]]:
+    def _cached(self, server: str) -> dict[str, tuple[str, str | None]] | None:
         with self._lock:
             cached = self._cache.get(server)
             if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
                 return cached[1]
+        return None
+
+    def _pins(self, server: str) -> dict[str, tuple[str, str | None]]:
+        if (cached := self._cached(server)) is not None:
+            return cached
         with self._db.session() as session:
             pins = {p.tool: (p.digest, p.changed_digest) for p in session.scalars(select(ToolPin).where(ToolPin.server == server))}
         with self._lock:
@@ -73,6 +78,14 @@ class ToolPins:
 
     def is_callable(self, server: str, tool: str) -> bool:
         pin = self._pins(server).get(tool)
+        return pin is not None and pin[1] is None
+
+    def is_callable_cached(self, server: str, tool: str) -> bool | None:
+        """`is_callable` without touching the database; None when the pins must be read first."""
+        pins = self._cached(server)
+        if pins is None:
+            return None
+        pin = pins.get(tool)
         return pin is not None and pin[1] is None
 
     def review(self, server: str, tools: Iterable[Mapping[str, Any]]) -> Review:

@@ -12,10 +12,10 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -23,6 +23,7 @@ from stockade import metrics
 from stockade.gateway import jsonrpc
 from stockade.gateway.audit import AuditEvent
 from stockade.gateway.audit_writer import AuditWriter
+from stockade.gateway.bridge_link import BridgeLink, LinkError, Unreachable, UpstreamResponse
 from stockade.gateway.identity import Principal
 from stockade.gateway.pins import ToolPins
 from stockade.gateway.policy import Kind, is_allowed
@@ -52,8 +53,15 @@ LIST_METHODS = {
 }
 
 Rewrite = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-# Failures after which the request certainly never reached the replica: safe to send to another.
-NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout)
+
+
+@dataclass(frozen=True)
+class RestReply:
+    status_code: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class BodyTooLarge(Exception):
@@ -77,8 +85,8 @@ def rpc_error(status: int, code: int, message: str, request_id: Any = None) -> J
 
 
 class McpProxy:
-    def __init__(self, http: httpx2.AsyncClient, audit: AuditWriter, pins: ToolPins, streams: StreamRegistry) -> None:
-        self._http = http
+    def __init__(self, link: BridgeLink, audit: AuditWriter, pins: ToolPins, streams: StreamRegistry) -> None:
+        self._link = link
         self._audit = audit
         self._pins = pins
         self.streams = streams
@@ -110,10 +118,15 @@ class McpProxy:
         )
 
     # -- authorization ------------------------------------------------------------------------
-    def permits(self, principal: Principal, upstream: Upstream, kind: Kind, name: str) -> bool:
+    async def permits(self, principal: Principal, upstream: Upstream, kind: Kind, name: str) -> bool:
         if not is_allowed(principal.rules, upstream.slug, kind, name, tool_allowlist=upstream.tool_allowlist):
             return False
-        return kind is not Kind.tool or self._pins.is_callable(upstream.slug, name)
+        if kind is not Kind.tool:
+            return True
+        pinned = self._pins.is_callable_cached(upstream.slug, name)
+        if pinned is None:  # the pins are read from the database about once a second
+            pinned = await anyio.to_thread.run_sync(self._pins.is_callable, upstream.slug, name)
+        return pinned
 
     async def authorize(self, principal: Principal, upstream: Upstream, call: jsonrpc.Call) -> Response | None:
         """None when the call may proceed; otherwise the (audited) refusal to send back."""
@@ -124,8 +137,7 @@ class McpProxy:
             reason = f"{call.method} needs a {'uri' if kind is Kind.resource else 'name'}"
             code = jsonrpc.INVALID_PARAMS
         else:
-            allowed = await anyio.to_thread.run_sync(self.permits, principal, upstream, kind, call.name)
-            if allowed:
+            if await self.permits(principal, upstream, kind, call.name):
                 return None
             reason, code = f"{kind.value} {call.name!r} is not available to you on {upstream.slug!r}", jsonrpc.PERMISSION_DENIED
         await self.record(self.event(principal, upstream.slug, call, time.perf_counter(), "denied", code))
@@ -158,13 +170,19 @@ class McpProxy:
         return rewrite
 
     # -- the REST surface -----------------------------------------------------------------------
-    async def rest(self, upstream: Upstream, method: str, path: str, *, json_body: Any = None) -> httpx2.Response:
+    async def rest(self, upstream: Upstream, method: str, path: str, *, json_body: Any = None) -> RestReply:
+        """One request to a replica's REST surface; raises `LinkError` when none could answer."""
+        headers = {"authorization": f"Bearer {upstream.token}"}
+        body = None
+        if json_body is not None:
+            headers["content-type"] = "application/json"
+            body = json.dumps(json_body, separators=(",", ":")).encode()
         candidates = upstream.rotation(next(self._turns))
         for replica in candidates:
             try:
-                return await self._http.request(method, f"{replica.endpoint}{path}", json=json_body,
-                                                headers={"authorization": f"Bearer {upstream.token}"})
-            except NEVER_SENT:
+                response = await self._link.send(method, f"{replica.endpoint}{path}", headers=headers, body=body)
+                return RestReply(response.status_code, await response.read())
+            except Unreachable:
                 # The request never reached this replica (it just died): another one may take it.
                 if replica is candidates[-1]:
                     raise
@@ -178,9 +196,9 @@ class McpProxy:
         started = time.perf_counter()
         try:
             response = await self.rest(upstream, "POST", f"/tools/{tool}/call", json_body=arguments)
-        except httpx2.HTTPError as exc:
+        except LinkError as exc:
             await self.record(self.event(principal, upstream.slug, call, started, "failed", jsonrpc.UPSTREAM_UNAVAILABLE))
-            return JSONResponse({"error": f"server {upstream.slug!r} is unavailable ({type(exc).__name__})"}, status_code=502)
+            return JSONResponse({"error": f"server {upstream.slug!r} is unavailable ({exc})"}, status_code=502)
         try:
             payload = response.json()
         except ValueError:
@@ -200,7 +218,7 @@ class McpProxy:
             headers["mcp-session-id"] = session  # the bridge's own id (clients see it prefixed)
         return headers
 
-    async def _send(self, request: Request, upstream: Upstream, body: bytes | None) -> tuple[Replica, httpx2.Response] | Response:
+    async def _send(self, request: Request, upstream: Upstream, body: bytes | None) -> tuple[Replica, UpstreamResponse] | Response:
         """Send to the replica holding the request's session, else round-robin (moving on to the
         next replica only when one refuses the connection). The 404 to send when the session's
         replica is gone."""
@@ -214,10 +232,9 @@ class McpProxy:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "session not found; start a new session")
         headers = self._upstream_headers(request, upstream, session)
         for replica in candidates:
-            sent = self._http.build_request(request.method, f"{replica.endpoint}/mcp", headers=headers, content=body)
             try:
-                return replica, await self._http.send(sent, stream=True)
-            except NEVER_SENT:
+                return replica, await self._link.send(request.method, f"{replica.endpoint}/mcp", headers=headers, body=body)
+            except Unreachable:
                 if replica is candidates[-1]:
                     raise
         raise AssertionError("an upstream always has a replica")
@@ -236,11 +253,11 @@ class McpProxy:
         started = time.perf_counter()
         try:
             sent = await self._send(request, upstream, body)
-        except httpx2.HTTPError as exc:
+        except LinkError as exc:
             if call is not None:
                 await self.record(self.event(principal, upstream.slug, call, started, "failed", jsonrpc.UPSTREAM_UNAVAILABLE))
             return rpc_error(502, jsonrpc.UPSTREAM_UNAVAILABLE,
-                             f"server {upstream.slug!r} is unavailable ({type(exc).__name__}); try again shortly",
+                             f"server {upstream.slug!r} is unavailable ({exc}); try again shortly",
                              call.id if call else None)
         if isinstance(sent, Response):
             return sent
@@ -257,9 +274,12 @@ class McpProxy:
             return EventRelay(self, response, status_code=response.status_code, headers=headers, slug=upstream.slug,
                               principal=principal, call=call, started=started, rewrite=rewrite)
         try:
-            content = await response.aread()
-        finally:
-            await response.aclose()
+            content = await response.read()
+        except LinkError as exc:
+            if call is not None:
+                await self.record(self.event(principal, upstream.slug, call, started, "failed", jsonrpc.UPSTREAM_UNAVAILABLE))
+            return rpc_error(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"server {upstream.slug!r} broke off its answer ({exc})",
+                             call.id if call else None)
         if call is not None:
             content = await self._settle(content, response.status_code, upstream.slug, principal, call, started, rewrite)
         return Response(content, status_code=response.status_code, headers=headers)
@@ -292,7 +312,7 @@ class EventRelay(Response):
     """
 
     def __init__(
-        self, proxy: McpProxy, upstream_response: httpx2.Response, *, status_code: int, headers: dict[str, str],
+        self, proxy: McpProxy, upstream_response: UpstreamResponse, *, status_code: int, headers: dict[str, str],
         slug: str, principal: Principal, call: jsonrpc.Call | None, started: float, rewrite: Rewrite | None,
     ) -> None:
         # Not Response.__init__: it would add "content-length: 0" for the absent body.
@@ -313,17 +333,17 @@ class EventRelay(Response):
 
                 tasks.start_soon(watch_disconnect)
                 with self._proxy.streams.track(self._principal, tasks.cancel_scope):
-                    async for event in split_events(self._upstream.aiter_raw()):
+                    async for event in split_events(self._upstream.iter_raw()):
                         if not audited:
                             event, audited = await self._settle_event(event)
                         await send({"type": "http.response.body", "body": event, "more_body": True})
                 tasks.cancel_scope.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (httpx2.HTTPError, OSError):
+        except (LinkError, OSError):
             pass  # upstream broke off; the client sees the stream end
         finally:
             with anyio.CancelScope(shield=True):
-                await self._upstream.aclose()
+                await self._upstream.close()
                 if not audited and self._call is not None:
                     # The stream ended (client gone, server died, token revoked) before the response.
                     await self._proxy.record(McpProxy.event(self._principal, self._slug, self._call, self._started,
