@@ -234,8 +234,8 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
             metadata["scopes_supported"] = list(gateway.oidc.required_scopes)
         return metadata
 
-    @app.api_route("/servers/{slug}/mcp", methods=["GET", "POST", "DELETE"])
-    async def server_mcp(slug: str, request: Request) -> Response:
+    async def server_mcp(request: Request) -> Response:
+        slug = request.path_params["slug"]
         admitted = await admit(request, slug)
         if isinstance(admitted, Response):
             return admitted
@@ -268,6 +268,9 @@ def create_gateway_app(gateway: Gateway) -> FastAPI:
                 return refusal
         rewrite = proxy.list_filter(principal, upstream, call) if call is not None else None
         return await proxy.forward(request, upstream, principal, body=body, call=call, rewrite=rewrite)
+
+    # A plain Starlette route: the hottest path skips FastAPI's parameter resolution.
+    app.router.routes.append(Route("/servers/{slug}/mcp", server_mcp, methods=["GET", "POST", "DELETE"]))
 
     @app.get("/api/v1/tools")
     async def rest_tools(request: Request) -> Response:
