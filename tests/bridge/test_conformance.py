@@ -8,6 +8,11 @@ the bridge too. Each test prints both lists.
   stdio backend (the bridge translates) and as a 2026-07-28-only backend (`--modern-only`).
 
 The suite cannot send a bearer token, so the bridge runs with `--no-auth-loopback`.
+
+One documented exception (bridge README, "not translated"): behind a 2025-revision backend, the
+2026-07-28 scenarios in `SERVER_CHOSEN_KEYS` are not compared, because they depend on the
+`inputRequests` keys a 2026-07-28 server names itself, and a 2025 server-to-client request carries
+no key (the bridge names them `input-1`, ...). They are printed, never silently dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from .conftest import FIXTURE_COMMAND, Bridge, free_port, npm_install
 LEGACY_SUITE_VERSION = "0.1.12"  # the newest that runs on Node 20
 MODERN_SUITE_VERSION = "0.2.0-alpha.12"  # the newest pre-release with the 2026-07-28 requirement set
 NODE22_VERSION = "22.23.3"
+SERVER_CHOSEN_KEYS = {
+    "input-required-result-basic-elicitation": "expects the inputRequests key 'user_name'",
+}
 SUMMARY_LINE = re.compile(r"^[✓✗] (\S+): (\d+) passed, (\d+) failed$")
 
 
@@ -87,10 +95,13 @@ def served_directly(log_path: Path) -> Iterator[str]:
         direct.wait(timeout=30)
 
 
-def assert_nothing_lost(baseline: dict[str, bool], through: dict[str, bool], minimum: int) -> None:
+def assert_nothing_lost(baseline: dict[str, bool], through: dict[str, bool], minimum: int,
+                        excused: dict[str, str] | None = None) -> None:
     passing = {name for name, ok in baseline.items() if ok}
     assert len(passing) >= minimum, f"the direct baseline passes too little to prove anything: {baseline}"
-    lost = sorted(name for name in passing if not through.get(name))
+    for name, why in sorted((excused or {}).items()):
+        print(f"  not compared: {name} ({why}): {'passes' if through.get(name) else 'fails'} through the bridge")
+    lost = sorted(name for name in passing if not through.get(name) and name not in (excused or {}))
     assert lost == [], f"pass directly but not through the bridge: {lost}"
 
 
@@ -117,4 +128,5 @@ def test_2026_07_28_revision(modern_suite: list[str], modern_baseline: dict[str,
     status = bridge.wait_ready()
     assert status["protocol"] == ("2026-07-28" if backend == "modern-only-backend" else "2025-11-25"), status
     through = run_suite(modern_suite, bridge.url, f"2026-07-28 suite, through the bridge ({backend})")
-    assert_nothing_lost(modern_baseline, through, minimum=20)
+    assert_nothing_lost(modern_baseline, through, minimum=35,
+                        excused=SERVER_CHOSEN_KEYS if backend == "legacy-backend" else None)

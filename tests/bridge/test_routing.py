@@ -145,11 +145,67 @@ def test_modern_client_gets_input_required_and_continues_the_same_call(fixture_b
         assert "requestState" in again.json()["error"]["message"]
 
 
-def test_modern_client_without_capability_gets_a_tool_failure_not_a_hang(fixture_bridge: Bridge) -> None:
+def test_modern_client_without_the_capability_gets_missing_capability_error(fixture_bridge: Bridge) -> None:
+    """2026-07-28: the backend's request for a capability the client did not declare fails the
+    client's call with -32021 (HTTP 400) naming it; declared, the same call asks for the input."""
     with fixture_bridge.client() as http:
         body = modern_request(1, "tools/call", {"name": "sample", "arguments": {"prompt": "x"}})
-        final = messages_of(http.post("/mcp", json=body, headers=modern_headers("tools/call", "sample")))[-1]
-        assert final["id"] == 1
-        text = json.dumps(final)
-        assert "error" in final or final["result"].get("isError") is True
-        assert "sampling" in text
+        response = http.post("/mcp", json=body, headers=modern_headers("tools/call", "sample"))
+        assert response.status_code == 400, response.text
+        answer = response.json()
+        assert answer["id"] == 1
+        assert answer["error"]["code"] == -32021
+        assert answer["error"]["data"] == {"requiredCapabilities": {"sampling": {}}}
+
+        declared = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+        body = modern_request(2, "tools/call", {"name": "sample", "arguments": {"prompt": "x"}, "_meta": declared})
+        result = messages_of(http.post("/mcp", json=body, headers=modern_headers("tools/call", "sample")))[-1]["result"]
+        (key, request), = result["inputRequests"].items()
+        assert request["method"] == "sampling/createMessage"
+        retry = modern_request(3, "tools/call", {
+            "name": "sample", "arguments": {"prompt": "x"}, "_meta": declared, "requestState": result["requestState"],
+            "inputResponses": {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "hi"}}}})
+        final = messages_of(http.post("/mcp", json=retry, headers=modern_headers("tools/call", "sample")))[-1]
+        assert final["result"]["content"][0]["text"] == "model said: hi"
+
+
+def test_concurrent_server_requests_come_back_in_one_input_required_result(fixture_bridge: Bridge) -> None:
+    """A legacy backend asking three things at once (one call): one InputRequiredResult with all three."""
+    everything = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}, "elicitation": {}, "roots": {}}}
+    params = {"name": "test_input_required_result_multiple_inputs", "arguments": {}, "_meta": everything}
+    headers = modern_headers("tools/call", "test_input_required_result_multiple_inputs")
+    with fixture_bridge.client() as http:
+        first = messages_of(http.post("/mcp", json=modern_request(1, "tools/call", params), headers=headers))[-1]
+        requests = first["result"]["inputRequests"]
+        assert sorted(request["method"] for request in requests.values()) == [
+            "elicitation/create", "roots/list", "sampling/createMessage"]
+        answers = {"elicitation/create": {"action": "accept", "content": {"name": "Ada"}},
+                   "roots/list": {"roots": [{"uri": "file:///a"}, {"uri": "file:///b"}]},
+                   "sampling/createMessage": {"role": "assistant", "model": "m", "content": {"type": "text", "text": "hi"}}}
+        retry = modern_request(2, "tools/call", dict(params, requestState=first["result"]["requestState"], inputResponses={
+            key: answers[request["method"]] for key, request in requests.items()}))
+        final = messages_of(http.post("/mcp", json=retry, headers=headers))[-1]
+        assert final["result"]["content"][0]["text"] == "name=Ada roots=2"
+
+
+def test_a_parked_call_does_not_take_other_clients_requests(fixture_bridge: Bridge) -> None:
+    """A call parked on an InputRequiredResult is blocked on its answers: while it waits, another
+    client's sampling request is attributed to that client, not refused as ambiguous."""
+    declared = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+    with fixture_bridge.client() as http:
+        body = modern_request(1, "tools/call", {"name": "elicit", "arguments": {"question": "q"}, "_meta": declared})
+        parked = messages_of(http.post("/mcp", json=body, headers=modern_headers("tools/call", "elicit")))[-1]
+        assert parked["result"]["resultType"] == "input_required"
+
+        async def other_client() -> str:
+            async with sdk_client(fixture_bridge, "legacy") as client:
+                return text_of(await client.call_tool("sample", {"prompt": "mine"}))
+
+        assert run(other_client) == "model said: echo:mine"
+        (key, _), = parked["result"]["inputRequests"].items()
+        retry = modern_request(2, "tools/call", {
+            "name": "elicit", "arguments": {"question": "q"}, "_meta": declared,
+            "requestState": parked["result"]["requestState"],
+            "inputResponses": {key: {"action": "accept", "content": {"answer": "late"}}}})
+        final = messages_of(http.post("/mcp", json=retry, headers=modern_headers("tools/call", "elicit")))[-1]
+        assert final["result"]["content"][0]["text"] == "user said: late"

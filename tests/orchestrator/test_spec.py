@@ -56,11 +56,26 @@ def test_resource_limits_follow_the_profile() -> None:
     for profile in ("small", "medium", "large"):
         e = entry(resources=profile)
         limits = e.resources.limits
-        kwargs = spec_of(e).create_kwargs()
+        spec = spec_of(e)
+        kwargs = spec.create_kwargs()
         assert kwargs["mem_limit"] == limits.memory_mb * 1024 * 1024
         assert kwargs["memswap_limit"] == kwargs["mem_limit"]  # no swap
-        assert kwargs["nano_cpus"] == int(limits.cpus * 1e9)
+        assert spec.nano_cpus == spec.startup_nano_cpus == kwargs["nano_cpus"] == int(limits.cpus * 1e9)
         assert kwargs["pids_limit"] == limits.pids
+
+
+@pytest.mark.parametrize(("profile", "engine_cpus", "startup_cpus"), [
+    ("small", 2, 2.0), ("medium", 8, 8.0), ("large", 2, 2.0), ("small", 1, 1.0), ("large", 1, 2.0),
+])
+def test_a_server_is_created_with_every_engine_cpu_and_keeps_its_profile_limit(
+    profile: str, engine_cpus: int, startup_cpus: float,
+) -> None:
+    e = entry(resources=profile)
+    spec = container_spec(e, slug="demo-1", deployment_id="dep-123", image="i", network_name="n",
+                          data_dir=Path("/srv/stockade"), engine_cpus=engine_cpus)
+    # created with the allowance (never below the profile), held to the profile once ready
+    assert spec.create_kwargs()["nano_cpus"] == spec.startup_nano_cpus == int(startup_cpus * 1e9)
+    assert spec.nano_cpus == int(e.resources.limits.cpus * 1e9)
 
 
 def test_network_and_no_published_ports() -> None:

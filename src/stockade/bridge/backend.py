@@ -51,6 +51,7 @@ BRIDGE_CLIENT_INFO = {"name": "stockade-bridge", "version": __version__}
 BRIDGE_CAPABILITIES: JSON = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}
 STDERR_TAIL = 20
 MAX_BACKOFF = 30.0
+SETTLE_TIMEOUT = 5.0
 
 
 class State(str, enum.Enum):
@@ -193,6 +194,17 @@ class Backend:
         self.mux.cancel(call, f"no answer within {timeout:g} s", answer=False)
         return None
 
+    async def settle(self) -> None:
+        """Return once a legacy backend has written everything it sent before now: a `ping` round
+        trip (stdio is ordered). Bounded by `SETTLE_TIMEOUT` for a server that ignores pings."""
+        if self.era == "legacy" and self.ready:
+            await self.request("ping", None, SETTLE_TIMEOUT)
+
+    def adopt(self, process: ServerProcess) -> None:
+        """Make `process` (started with `ServerProcess.launch` before the HTTP side existed) the
+        first run; from now on it is the backend's: `shutdown` stops it."""
+        self._process = process
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
@@ -238,8 +250,7 @@ class Backend:
         while not self._stopping:
             started = time.monotonic()
             try:
-                process = await ServerProcess.start(self.options.command, self.options.server_env,
-                                                    secrets=self.options.secret_values)
+                process = self._process or await ServerProcess.launch(self.options)
             except OSError as exc:
                 self._set_state(State.failed, f"cannot start {self.options.command[0]!r}: "
                                               f"{exc.strerror or exc}")

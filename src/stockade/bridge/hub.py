@@ -18,8 +18,10 @@ from .jsonrpc import (
     ENVELOPE_META_PREFIX,
     JSON,
     LATEST_MODERN,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
     PROTOCOL_VERSION_META,
     SERVER_INFO_META,
+    error_object,
     is_response,
     params_of,
 )
@@ -55,6 +57,7 @@ class Hub:
         self.held: dict[str, HeldCall] = {}
         self.shutting_down = anyio.Event()
         self.backend.on_ready.append(self._backend_restarted)
+        self.mux.on_undeclared = self._missing_capability
 
     @property
     def mux(self):
@@ -67,6 +70,17 @@ class Hub:
             self.subscriptions.clear()
             for session in self.sessions:
                 session.subscriptions.clear()
+
+    def _missing_capability(self, call: Call, capability: str) -> None:
+        # A 2026-07-28 server must not rely on a capability its client did not declare; the revision
+        # makes that the client's error (-32021). A legacy client's call goes on: its server
+        # request was refused at the backend, which decides what the tool answers.
+        if isinstance(call.peer, ExchangePeer):
+            self.mux.fail(call, error_object(
+                MISSING_REQUIRED_CLIENT_CAPABILITY,
+                f"the server needs the client's {capability} capability for this request; declare it in "
+                f"_meta[{CLIENT_CAPABILITIES_META!r}] to use it", {"requiredCapabilities": {capability: {}}}),
+                f"the client did not declare the {capability} capability")
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -109,6 +123,7 @@ class Hub:
 
     def hold(self, peer: ExchangePeer, call: Call, method: str, pending: dict[str, JSON]) -> str:
         token = secrets.token_urlsafe(24)
+        call.parked = True
         self.held[token] = HeldCall(peer, call, method, pending)
         return token
 

@@ -17,10 +17,16 @@ Routing of what the backend sends on its own:
   other notification (e.g. `notifications/message`): stdio carries no "related request", so the
   bridge ATTRIBUTES them: if every interactive call in flight (`tools/call`, `prompts/get`,
   `resources/read`, `completion/complete` and unknown methods; not listings) belongs to ONE peer,
-  that peer gets it, on the stream of its most recent such call. Otherwise (none, or several peers)
+  that peer gets it, on the stream of its most recent such call. Calls PARKED on an
+  `InputRequiredResult` (their client has the questions and has not retried yet) count only when no
+  other call is in flight: they are blocked on those answers. Otherwise (none, or several peers)
   it is not delivered: a request is answered to the backend with an error (never guessed: a
   sampling prompt must not reach another client), a notification is dropped. A request also needs
-  the peer to have declared the matching capability (`sampling`, `elicitation`, `roots`);
+  the peer to have declared the matching capability (`sampling`, `elicitation`, `roots`); if it did
+  not, `on_undeclared` is told (the hub fails a 2026-07-28 client's call with -32021);
+- notifications carrying `_meta["io.modelcontextprotocol/subscriptionId"]` equal to the backend id of
+  a call in flight (a 2026-07-28 backend's `subscriptions/listen` stream) go to that call, the id
+  translated back;
 - `ping` from the backend is answered by the bridge itself.
 
 Answers to server-to-client requests come back from the peer under the id the bridge gave them and
@@ -44,6 +50,7 @@ from .jsonrpc import (
     JSON,
     LIST_CHANGED_NOTIFICATIONS,
     RESOURCE_UPDATED,
+    SUBSCRIPTION_ID_META,
     RequestId,
     error_response,
     is_notification,
@@ -62,6 +69,7 @@ REQUEST_CANCELLED = -32800
 NON_INTERACTIVE_METHODS = frozenset({
     "initialize", "ping", "server/discover", "tools/list", "prompts/list", "resources/list",
     "resources/templates/list", "resources/subscribe", "resources/unsubscribe", "logging/setLevel",
+    "subscriptions/listen",
 })
 CAPABILITY_FOR = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 DEFAULT_MAILBOX_LIMIT = 1024
@@ -149,6 +157,8 @@ class Call:
     inbox: Mailbox = field(default_factory=Mailbox)
     done: bool = False
     response: JSON | None = None
+    parked: bool = False
+    """Its client was handed an InputRequiredResult and has not retried yet."""
 
     @property
     def interactive(self) -> bool:
@@ -177,6 +187,8 @@ class Multiplexer:
         self._server_requests: dict[tuple[int, RequestId], ServerRequest] = {}
         self._server_by_backend: dict[RequestId, ServerRequest] = {}
         self.listeners: set[Listener] = set()
+        self.on_undeclared: Callable[[Call, str], None] = lambda call, capability: None
+        """Told when a server request is refused because `call`'s client did not declare `capability`."""
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -239,6 +251,13 @@ class Multiplexer:
         self._emit(notification("notifications/cancelled", {"requestId": call.backend_id, "reason": reason}))
         if answer:
             self._finish(call, error_response(call.client_id, REQUEST_CANCELLED, "Request cancelled"))
+
+    def fail(self, call: Call, error: JSON, reason: str) -> None:
+        """Stop `call` at the backend and answer its client with `error` (a JSON-RPC error object)."""
+        if call.done:
+            return
+        self.cancel(call, reason, answer=False)
+        self._finish(call, {"jsonrpc": "2.0", "id": call.client_id, "error": error})
 
     def from_client_notification(self, peer: Peer, message: JSON) -> None:
         method = message.get("method")
@@ -311,15 +330,16 @@ class Multiplexer:
         out["id"] = call.client_id
         self._finish(call, out)
 
-    def attribute(self, capability: str | None = None) -> Call | None:
-        """The call a backend-initiated message belongs to, if that is unambiguous (see module doc)."""
+    def _candidates(self) -> list[Call]:
         interactive = [call for call in self._calls.values() if call.interactive]
-        if not interactive or len({call.peer.uid for call in interactive}) != 1:
+        return [call for call in interactive if not call.parked] or interactive
+
+    def attribute(self) -> Call | None:
+        """The call a backend-initiated message belongs to, if that is unambiguous (see module doc)."""
+        candidates = self._candidates()
+        if not candidates or len({call.peer.uid for call in candidates}) != 1:
             return None
-        call = max(interactive, key=lambda c: c.seq)
-        if capability is not None and not call.peer.supports(capability):
-            return None
-        return call
+        return max(candidates, key=lambda c: c.seq)
 
     def _route_server_request(self, message: JSON) -> None:
         method = str(message["method"])
@@ -327,15 +347,17 @@ class Multiplexer:
         if method == "ping":
             self._emit(result_response(backend_id, {}))
             return
-        target = self.attribute(CAPABILITY_FOR.get(method, method))
-        if target is None:
-            interactive = {call.peer.uid for call in self._calls.values() if call.interactive}
-            why = ("no client request is in flight" if not interactive else
-                   "requests from several clients are in flight" if len(interactive) > 1 else
-                   "the client did not declare the capability")
+        target = self.attribute()
+        capability = CAPABILITY_FOR.get(method)
+        if target is None or (capability is not None and not target.peer.supports(capability)):
+            why = ("no client request is in flight" if not self._candidates() else
+                   "requests from several clients are in flight" if target is None else
+                   f"the client did not declare the {capability} capability")
             log.info("refused the server's %s request: %s", method, why)
             self._emit(error_response(backend_id, INVALID_REQUEST,
                                       f"the bridge cannot route {method} to a client: {why}"))
+            if target is not None and capability is not None:
+                self.on_undeclared(target, capability)
             return
         client_id = target.peer.next_request_id()
         pending = ServerRequest(backend_id=backend_id, client_id=client_id, peer=target.peer, call=target,
@@ -345,6 +367,15 @@ class Multiplexer:
         out = dict(message)
         out["id"] = client_id
         target.peer.deliver(out, target)
+
+    def _subscription_call(self, params: JSON) -> Call | None:
+        """The `subscriptions/listen` call a (2026-07-28 backend's) notification is stamped for."""
+        meta = params.get("_meta")
+        backend_id = meta.get(SUBSCRIPTION_ID_META) if isinstance(meta, dict) else None
+        if not isinstance(backend_id, int) or isinstance(backend_id, bool):
+            return None
+        call = self._calls.get(backend_id)
+        return call if call is not None and call.method == "subscriptions/listen" else None
 
     def _route_notification(self, message: JSON) -> None:
         method = message["method"]
@@ -367,6 +398,12 @@ class Multiplexer:
             out = dict(message)
             out["params"] = dict(params, requestId=pending.client_id)
             pending.peer.deliver(out, None if pending.call.done else pending.call)
+            return
+        subscription = self._subscription_call(params)
+        if subscription is not None:
+            out = dict(message)
+            out["params"] = dict(params, _meta=dict(params["_meta"], **{SUBSCRIPTION_ID_META: subscription.client_id}))
+            subscription.peer.deliver(out, subscription)
             return
         if method in LIST_CHANGED_NOTIFICATIONS or method == RESOURCE_UPDATED:
             for listener in list(self.listeners):

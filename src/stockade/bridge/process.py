@@ -27,6 +27,7 @@ from anyio.abc import Process
 
 from .framing import DEFAULT_MAX_LINE, LineFramer, decode_line
 from .jsonrpc import JSON
+from .options import Options
 
 log = logging.getLogger("stockade.bridge.process")
 
@@ -95,6 +96,11 @@ class ServerProcess:
             start_new_session=True,
         )
         return cls(process, max_line=max_line, secrets=secrets)
+
+    @classmethod
+    async def launch(cls, options: Options) -> ServerProcess:
+        """The bridge's server command, in its clean environment, its secret values redacted from stderr."""
+        return await cls.start(options.command, options.server_env, secrets=options.secret_values)
 
     @property
     def pid(self) -> int:

@@ -445,25 +445,33 @@ class Streamable:
                     await responder.keepalive()
                     continue
             if message is call.response:
-                if modern is not None:
-                    message = dict(message, id=modern.response_id)
-                    self.hub.mux.close_peer(modern.peer)
-                await responder.finish(transform(message))
+                await self._finish_call(message, responder, transform, modern)
                 return
             if modern is not None and is_request(message):
-                modern.pending[str(message["id"])] = {"method": message["method"],
-                                                      **({"params": message["params"]} if "params" in message else {})}
-                nxt = call.inbox.peek()
-                while nxt is not None and is_request(nxt) and nxt is not call.response:
-                    call.inbox.get_nowait()
-                    modern.pending[str(nxt["id"])] = {"method": nxt["method"],
-                                                      **({"params": nxt["params"]} if "params" in nxt else {})}
-                    nxt = call.inbox.peek()
+                _ask(modern, message)
+                # Requests the backend sent together (one call asking concurrently) are all on the
+                # wire before its answer to a ping: they go out in one InputRequiredResult.
+                await self.backend.settle()
+                while (queued := call.inbox.get_nowait()) is not None:
+                    if queued is call.response:  # it finished meanwhile: that is the answer
+                        await self._finish_call(queued, responder, transform, modern)
+                        return
+                    if is_request(queued):
+                        _ask(modern, queued)
+                    else:
+                        await responder.interim(queued)
                 token = HELD_PREFIX + self.hub.hold(modern.peer, call, modern.method, modern.pending)
                 await responder.finish(result_response(modern.response_id, {
                     "resultType": "input_required", "inputRequests": dict(modern.pending), "requestState": token}))
                 return
             await responder.interim(message)
+
+    async def _finish_call(self, response: JSON, responder: Responder,
+                           transform: Callable[[JSON], JSON], modern: ModernContext | None) -> None:
+        if modern is not None:
+            response = dict(response, id=modern.response_id)
+            self.hub.mux.close_peer(modern.peer)
+        await responder.finish(transform(response))
 
     # -- stateless (2026-07-28) ----------------------------------------------------------------
 
@@ -563,6 +571,7 @@ class Streamable:
                 await reject(INVALID_PARAMS, "unknown or expired requestState", request_id=request_id)
                 return
             peer, call = held.peer, held.call
+            call.parked = False
             peer.capabilities, peer.log_level = capabilities, log_level
             responses = params.get("inputResponses")  # type: ignore[union-attr]
             if isinstance(responses, dict):
@@ -643,6 +652,12 @@ def _has_envelope(message: Any) -> bool:
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     return isinstance(meta, dict) and PROTOCOL_VERSION_META in meta
+
+
+def _ask(context: ModernContext, request: JSON) -> None:
+    """A backend's server-to-client request becomes one of the client's `inputRequests`."""
+    context.pending[str(request["id"])] = {"method": request["method"],
+                                           **({"params": request["params"]} if "params" in request else {})}
 
 
 def _valid_input_responses(value: Any) -> bool:

@@ -12,8 +12,10 @@ ESTABLISHED,RELATED packets are accepted (replies to the connections the host's 
 the bridge) and everything else is rejected. Why this rather than the namespace ("pod") pattern:
   * the rules live in the host's namespace, out of the container's reach whatever capabilities it
     might gain, and need no extra holder container per server;
-  * they are installed BEFORE the network (and so the interface) exists: no window in which the
-    container runs unprotected; they match by name, so they hold across container restarts;
+  * they match the interface by name, so they can be installed while the network (and so the
+    interface) is being created, and the runtime does both side by side; nothing is attached to
+    the network before both are complete: no window in which a container runs unprotected; and
+    they hold across container restarts;
   * they are removed with the network, by the same name, so removal is idempotent.
 All rules sit in one chain of our own (`STOCKADE-INPUT`, jumped to first from INPUT), tagged with
 a comment naming the deployment. IPv6 gets the same rules when ip6tables works. Without root or
@@ -67,15 +69,31 @@ def _rules(interface: str, key: str, ipv6: bool) -> list[list[str]]:
     ]
 
 
-def _ensure_chain(tool: str) -> None:
-    if _run(tool, "-n", "-L", CHAIN).returncode != 0:
+def _listing(tool: str) -> list[str] | None:
+    """The chain's rules as `-S` prints them (one invocation); None when the chain does not exist."""
+    listed = _run(tool, "-S", CHAIN)
+    return listed.stdout.splitlines() if listed.returncode == 0 else None
+
+
+def _naming(listing: list[str], key: str) -> list[str]:
+    """The rules of a listing that carry this deployment's comment."""
+    marks = (f'--comment "stockade:{key}"', f"--comment stockade:{key} ")
+    return [line for line in listing if any(mark in line + " " for mark in marks)]
+
+
+def _ensure_chain(tool: str) -> list[str]:
+    """The chain and the jump to it from INPUT, created where missing; returns the chain's rules."""
+    listing = _listing(tool)
+    if listing is None:
         created = _run(tool, "-N", CHAIN)
         if created.returncode != 0 and "exists" not in created.stderr:
             raise DeploymentError(f"{tool} -N {CHAIN} failed: {created.stderr.strip()}")
+        listing = _listing(tool) or []
     if _run(tool, "-C", "INPUT", "-j", CHAIN).returncode != 0:
         inserted = _run(tool, "-I", "INPUT", "1", "-j", CHAIN)
         if inserted.returncode != 0:
             raise DeploymentError(f"{tool} -I INPUT -j {CHAIN} failed: {inserted.stderr.strip()}")
+    return listing
 
 
 def block_host(key: str) -> str:
@@ -91,13 +109,15 @@ def block_host(key: str) -> str:
         for tool in tools:
             ipv6 = tool.endswith("ip6tables")
             try:
-                _ensure_chain(tool)
+                listing = _ensure_chain(tool)
             except DeploymentError:
                 if ipv6:  # a kernel without IPv6 tables: nothing to protect there
                     continue
                 raise
+            # None of ours listed (a new deployment): append them all; else check each, some may be gone.
+            ours = _naming(listing, key)
             for rule in _rules(interface, key, ipv6):
-                if _run(tool, "-C", CHAIN, *rule).returncode == 0:
+                if ours and _run(tool, "-C", CHAIN, *rule).returncode == 0:
                     continue
                 added = _run(tool, "-A", CHAIN, *rule)
                 if added.returncode != 0:
@@ -113,6 +133,8 @@ def unblock_host(key: str) -> None:
     interface = bridge_interface(key)
     with _LOCK:
         for tool in _tools():
+            if not _naming(_listing(tool) or [], key):
+                continue  # nothing of this deployment's here: one listing instead of a check per rule
             for rule in _rules(interface, key, tool.endswith("ip6tables")):
                 while _run(tool, "-C", CHAIN, *rule).returncode == 0:
                     if _run(tool, "-D", CHAIN, *rule).returncode != 0:
@@ -121,10 +143,4 @@ def unblock_host(key: str) -> None:
 
 def rules_for(key: str) -> list[str]:
     """The installed rules naming this deployment (for tests and `status`)."""
-    found = []
-    for tool in _tools():
-        listing = _run(tool, "-S", CHAIN)
-        marks = (f'--comment "stockade:{key}"', f"--comment stockade:{key} ")
-        found += [f"{tool.rsplit('/', 1)[-1]} {line}" for line in listing.stdout.splitlines()
-                  if any(mark in line + " " for mark in marks)]
-    return found
+    return [f"{tool.rsplit('/', 1)[-1]} {line}" for tool in _tools() for line in _naming(_listing(tool) or [], key)]

@@ -4,12 +4,15 @@ A deployment runs as one or more instances (replicas), numbered; each is a compl
 own (network, host firewall, egress proxy, container) named by `spec.unit_name`, and every
 operation below takes the instance's number (`replica`, 0 by default).
 
-deploy = ensure image -> host firewall for the deployment's bridge interface -> the server's network
-(internal; with NAT for the `open` profile) -> for `egress`: host firewall for an outbound network,
-the outbound network, the squid proxy (egress.py) on both networks, answering -> container
-(spec.py; proxy URL in its environment, resolvers per profile) -> attach stdin, start, write the
-bootstrap line, close -> wait for the bridge's /ready (Bearer token) -> ServerInstance. Any failure removes what was made and raises
-`DeploymentError` with the exit code and the last log lines (values of variables redacted).
+deploy = ensure image -> host firewall for the deployment's bridge interface and the server's network
+(internal; with NAT for the `open` profile), side by side, both complete before anything is
+attached to the network -> the host's route to it checked -> for `egress`: host firewall for an
+outbound network and the outbound network (side by side), the squid proxy (egress.py) on both
+networks, answering -> container (spec.py; proxy URL in its environment, resolvers per profile;
+created with the start-up CPU allowance) -> attach stdin, start, write the bootstrap line, close ->
+wait for the bridge's /ready (Bearer token) -> lower the CPU limit to the profile's ->
+ServerInstance. Any failure removes what was made and raises `DeploymentError` with the exit code
+and the last log lines (values of variables redacted).
 
 Everything here blocks (the docker SDK is synchronous): async callers use threads.
 Containers and networks carry labels, so `instances()` finds them again after a restart of the
@@ -26,6 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,10 @@ LOG_LINES_ON_FAILURE = 30
 # the bridge's own drain (20 s by default) so that the bridge ends them, not SIGKILL.
 DRAIN_SECONDS = 30
 LIST_ATTEMPTS = 5  # listing again after a container vanished mid-list
+# Once a bridge listens it answers /ready in a few ms: ask often. Inspecting the container (has it
+# exited?) costs the engine more and only matters for failures: look less often.
+READY_POLL_SECONDS = 0.02
+EXIT_CHECK_SECONDS = 0.25
 log = logging.getLogger("stockade.orchestrator")
 
 
@@ -133,6 +141,7 @@ class Orchestrator:
         # deployed by both.
         self.owner = owner_id(settings.data_dir)
         self._denials_seen: dict[str, int] = {}
+        self._engine_cpus: int | None = None
 
     # -- plumbing ------------------------------------------------------------------------------------
     @property
@@ -150,6 +159,13 @@ class Orchestrator:
             if self._builder is None:
                 self._builder = ImageBuilder(client, self.settings, progress=self.progress)
             return self._builder
+
+    @property
+    def engine_cpus(self) -> int:
+        """The engine's CPU count (it sizes a server's start-up CPU allowance); asked once."""
+        if self._engine_cpus is None:
+            self._engine_cpus = int(self.client.info()["NCPU"])
+        return self._engine_cpus
 
     def _slug_lock(self, slug: str) -> threading.Lock:
         with self._lock:
@@ -310,12 +326,11 @@ class Orchestrator:
                         "(NAT), with no allowlist; only the host itself and other servers stay unreachable", slug)
             say(f"{slug}: WARNING: network profile 'open' -- unrestricted outbound network access")
 
-        # 1. the host firewall first: the interface it names does not exist yet, so no window
-        interface = firewall.block_host(self.key(slug, replica))
-        # 2. the instance's own network: internal (no route out) unless the profile is `open`
+        # 1-2. the host firewall and the instance's own network: internal (no route out) unless the
+        # profile is `open`
         say(f"{unit}: creating network {net_name} (profile {profile.value})")
-        network = self._create_network(net_name, interface, labels, internal=shape["internal"],
-                                       masquerade=shape["masquerade"], icc=shape["proxy"])
+        network = self._network_behind_firewall(self.key(slug, replica), net_name, labels, internal=shape["internal"],
+                                                masquerade=shape["masquerade"], icc=shape["proxy"])
         self._check_host_route(network, unit)
         environment: dict[str, str] = {}
         extra_labels = {egress.LABEL_PROFILE: profile.value}
@@ -327,7 +342,7 @@ class Orchestrator:
         spec = container_spec(entry, slug=slug, deployment_id=deployment_id, image=image.tag,
                               network_name=net_name, data_dir=self.settings.data_dir, bridge_port=BRIDGE_PORT,
                               owner=self.owner, environment=environment, dns=shape["dns"],
-                              extra_labels=extra_labels, replica=replica)
+                              extra_labels=extra_labels, replica=replica, engine_cpus=self.engine_cpus)
         for mount in spec.mounts:
             self._prepare_mount(Path(mount.source), writable=not mount.read_only)
         container = self.client.containers.create(**spec.create_kwargs())
@@ -342,6 +357,9 @@ class Orchestrator:
             raise DeploymentError(f"container of {slug!r} has no address on {net_name}",
                                   hint=self._failure_details(container, secrets))
         self._wait_ready(container, slug, f"http://{ip}:{BRIDGE_PORT}", bridge_token, ready_timeout, secrets)
+        # 6. from now on the profile's CPU limit, not the start-up allowance
+        if spec.startup_nano_cpus != spec.nano_cpus:
+            self._lower_cpu_limit(container, spec.nano_cpus)
         say(f"{unit}: ready at http://{ip}:{BRIDGE_PORT}")
         return ServerInstance(slug=slug, deployment_id=deployment_id, container_id=container.id,
                               container_name=container.name, network_id=network.id, network_name=net_name,
@@ -377,10 +395,10 @@ class Orchestrator:
         unit = unit_name(slug, replica)
         image = self.builder.ensure_proxy_image()
         out_name = egress.outbound_network_name(unit, self.owner)
-        out_interface = firewall.block_host(egress.outbound_key(self.key(slug, replica)))
         say(f"{unit}: creating outbound network {out_name} for the egress proxy")
-        outbound = self._create_network(out_name, out_interface, {**labels, egress.LABEL_ROLE: egress.ROLE_OUTBOUND},
-                                        internal=False, masquerade=True)
+        outbound = self._network_behind_firewall(egress.outbound_key(self.key(slug, replica)), out_name,
+                                                 {**labels, egress.LABEL_ROLE: egress.ROLE_OUTBOUND},
+                                                 internal=False, masquerade=True)
         subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
         out_subnet = outbound.attrs["IPAM"]["Config"][0]["Subnet"]
         proxy_ip = str(subnet.broadcast_address - 1)
@@ -457,6 +475,19 @@ class Orchestrator:
             added[slug] = delta
         return added
 
+    def _network_behind_firewall(self, key: str, name: str, labels: dict[str, str], *, internal: bool,
+                                 masquerade: bool, icc: bool = False) -> Any:
+        """The host firewall rules for `key`'s bridge interface and the network that brings the
+        interface up, made side by side (tens of ms each). The rules match the interface by name, so
+        they hold whichever comes first; what matters is that both are complete before anything is
+        attached to the network, and nothing is until this returns."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            rules = pool.submit(firewall.block_host, key)
+            network = self._create_network(name, firewall.bridge_interface(key), labels, internal=internal,
+                                           masquerade=masquerade, icc=icc)
+            rules.result()  # a rule that could not be installed fails the deploy, which removes the network
+        return network
+
     def _create_network(self, name: str, interface: str, labels: dict[str, str], *, internal: bool = True,
                         masquerade: bool = False, icc: bool = False) -> Any:
         """A bridge network on a /28 of our pool (several tries: others allocate too): internal
@@ -504,9 +535,26 @@ class Orchestrator:
             finally:
                 raw.close()
 
+    def _lower_cpu_limit(self, container: Any, nano_cpus: int) -> None:
+        """Hold a running container to its profile's CPU limit (it started with more, see
+        spec.startup_nano_cpus). The engine keeps the value in the container's configuration, so it
+        also holds if the container is started again."""
+        api = self.client.api
+        # docker-py's update_container sets CpuQuota only, which the engine refuses to change on a
+        # container created with NanoCpus: the engine's update endpoint itself, then.
+        response = api.post(f"{api.base_url}/v{api.api_version}/containers/{container.id}/update",
+                            json={"NanoCpus": nano_cpus})
+        if response.status_code != 200:
+            raise DeploymentError(
+                f"could not lower the CPU limit of {container.name} to its profile's {nano_cpus / 1e9:g} CPUs "
+                f"(the engine answered {response.status_code}: {response.text.strip()[:300]}); it was removed",
+                hint="check that the engine supports `docker update --cpus` on a running container, then deploy again",
+            )
+
     def _wait_ready(self, container: Any, slug: str, endpoint: str, token: str, timeout: float,
                     secrets: list[str]) -> None:
         deadline = time.monotonic() + timeout
+        next_exit_check = time.monotonic() + EXIT_CHECK_SECONDS
         last = "no answer yet"
         # trust_env=False: never route this through a proxy from the environment
         with httpx2.Client(timeout=2.0, trust_env=False) as http:
@@ -518,20 +566,23 @@ class Orchestrator:
                     last = f"/ready answered {response.status_code}: {response.text[:200]}"
                 except httpx2.HTTPError as exc:
                     last = f"{type(exc).__name__}"
-                container.reload()
-                if container.status not in ("created", "running"):
-                    code = container.attrs.get("State", {}).get("ExitCode")
-                    oom = " (killed: out of memory)" if container.attrs.get("State", {}).get("OOMKilled") else ""
-                    raise DeploymentError(
-                        f"the container of {slug!r} exited with code {code}{oom} before it was ready",
-                        hint=self._failure_details(container, secrets),
-                    )
-                if time.monotonic() >= deadline:
-                    raise DeploymentError(
-                        f"the bridge of {slug!r} was not ready within {timeout:.0f} s ({redact(last, secrets)})",
-                        hint=self._failure_details(container, secrets),
-                    )
-                time.sleep(0.05)  # the bridge starts in about a second: poll finely, it is one cheap request
+                now = time.monotonic()
+                if now >= next_exit_check or now >= deadline:
+                    next_exit_check = now + EXIT_CHECK_SECONDS
+                    container.reload()
+                    if container.status not in ("created", "running"):
+                        code = container.attrs.get("State", {}).get("ExitCode")
+                        oom = " (killed: out of memory)" if container.attrs.get("State", {}).get("OOMKilled") else ""
+                        raise DeploymentError(
+                            f"the container of {slug!r} exited with code {code}{oom} before it was ready",
+                            hint=self._failure_details(container, secrets),
+                        )
+                    if now >= deadline:
+                        raise DeploymentError(
+                            f"the bridge of {slug!r} was not ready within {timeout:.0f} s ({redact(last, secrets)})",
+                            hint=self._failure_details(container, secrets),
+                        )
+                time.sleep(READY_POLL_SECONDS)
 
     def _failure_details(self, container: Any, secrets: list[str]) -> str:
         try:

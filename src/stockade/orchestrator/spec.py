@@ -7,7 +7,10 @@ What a server container gets, and why:
   * no capabilities (`cap_drop ALL`), `no-new-privileges`, uid/gid 65534, the engine's default
     seccomp profile;
   * a read-only root filesystem; only /tmp is writable (tmpfs, noexec, nosuid, 64 MiB);
-  * memory == memory+swap (no swap), CPU and PID limits from the entry's resource profile;
+  * memory == memory+swap (no swap), CPU and PID limits from the entry's resource profile; the
+    CPU limit holds from the moment the bridge is ready: until then the container may use every CPU
+    of the engine (`startup_nano_cpus`, see there), and the runtime lowers it to the profile's
+    `nano_cpus` (a failure to lower it fails the deploy);
   * exactly one network, the instance's own (no published ports; each replica has its own): internal for the `none` and
     `egress` profiles, with outbound NAT for `open` (egress.py); the runtime keeps it away from the
     host's own addresses in every profile;
@@ -110,7 +113,8 @@ class ContainerSpec:
     tmpfs: Mapping[str, str]
     mem_limit: int
     memswap_limit: int
-    nano_cpus: int
+    nano_cpus: int  # the profile's limit: what the container runs under once ready
+    startup_nano_cpus: int  # what it is created with (>= nano_cpus); see `startup_nano_cpus`
     pids_limit: int
     network: str
     mounts: tuple[MountSpec, ...]
@@ -144,7 +148,7 @@ class ContainerSpec:
             "tmpfs": dict(self.tmpfs),
             "mem_limit": self.mem_limit,
             "memswap_limit": self.memswap_limit,
-            "nano_cpus": self.nano_cpus,
+            "nano_cpus": self.startup_nano_cpus,
             "pids_limit": self.pids_limit,
             "network": self.network,
             "mounts": [m.to_docker() for m in self.mounts],
@@ -209,6 +213,24 @@ def bridge_command(entry: CatalogEntry, *, slug: str, bridge_port: int = BRIDGE_
             *required, "--", *entry.command)
 
 
+def cpu_nanos(cpus: float) -> int:
+    return int(cpus * 1_000_000_000)
+
+
+def startup_nano_cpus(limit_cpus: float, engine_cpus: int | None) -> int:
+    """The CPU allowance a server starts with: every CPU of the engine, never below the profile.
+
+    Starting a server is a burst of CPU paid once while a deploy waits: the bridge's and the
+    server's interpreters import their packages (mcp-server-time: 1.0-1.3 CPU seconds, about 2 s
+    under the small profile's 0.5 CPU). Unthrottled, the two processes also run side by side on
+    every core. The limit is there to share the machine between servers that RUN, so the runtime
+    applies it from readiness on. The window is bounded: the deploy waits for readiness at most its
+    ready timeout, then removes the container. `engine_cpus` None (not known): no allowance.
+    """
+    limit = cpu_nanos(limit_cpus)
+    return limit if engine_cpus is None else max(limit, cpu_nanos(engine_cpus))
+
+
 def container_spec(
     entry: CatalogEntry,
     *,
@@ -223,10 +245,12 @@ def container_spec(
     dns: tuple[str, ...] = (),
     extra_labels: Mapping[str, str] | None = None,
     replica: int = 0,
+    engine_cpus: int | None = None,
 ) -> ContainerSpec:
     """`environment` holds only non-secret runtime settings (the egress proxy's URL); `dns` and
     `extra_labels` come from the network profile (egress.py). `replica` numbers the instance: each
-    is its own container (named by `unit_name`), the same hardening for all."""
+    is its own container (named by `unit_name`), the same hardening for all. `engine_cpus` (the
+    engine's CPU count) sizes the start-up allowance."""
     limits = entry.resources.limits
     memory = limits.memory_mb * 1024 * 1024
     return ContainerSpec(
@@ -251,7 +275,8 @@ def container_spec(
         tmpfs=dict(TMPFS),
         mem_limit=memory,
         memswap_limit=memory,
-        nano_cpus=int(limits.cpus * 1_000_000_000),
+        nano_cpus=cpu_nanos(limits.cpus),
+        startup_nano_cpus=startup_nano_cpus(limits.cpus, engine_cpus),
         pids_limit=limits.pids,
         network=network_name,
         mounts=resolve_mounts(entry, data_dir),
