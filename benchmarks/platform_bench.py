@@ -27,8 +27,7 @@ import httpx2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bridge_bench import free_port  # noqa: E402
-
+from benchmarks.bridge_bench import free_port
 
 # The call benchmark's server: `time` with the `large` resource profile, so that the figures measure
 # the stack rather than the small profile's CPU quota (half a CPU). The same image as `time`.
@@ -56,8 +55,8 @@ def bridge_of(data_dir: Path, slug: str) -> tuple[str, str]:
     from sqlalchemy import select
 
     from stockade.config import Settings
-    from stockade.secrets import Sealer, load_master_key
     from stockade.control.directory import seal_context
+    from stockade.secrets import Sealer, load_master_key
     from stockade.store.database import Database
     from stockade.store.models import Deployment
 
@@ -111,7 +110,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the call benchmark (the machine is shared)")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
-    process, env, admin, gateway, control = start(data_dir)
+    process, _env, admin, gateway, control = start(data_dir)
     api = httpx2.Client(base_url=f"{control}/api/v1", headers={"Authorization": f"Bearer {admin}"}, timeout=600)
     try:
         api.post("/deployments", json={"server": "time", "slug": "warmup"}).raise_for_status()  # builds/caches the image

@@ -15,6 +15,7 @@ from stockade.catalog import Catalog, CatalogEntry
 from stockade.config import Settings
 from stockade.orchestrator.engine import connect_engine
 from stockade.orchestrator.images import BuiltImage, ImageBuilder
+from stockade.orchestrator.runtime import Orchestrator
 
 PROGRESS: list[str] = []
 
@@ -35,6 +36,11 @@ def engine(orch_settings: Settings) -> Iterator[docker.DockerClient]:
     client = connect_engine(orch_settings, progress=record)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def orchestrator(orch_settings: Settings, engine: docker.DockerClient) -> Orchestrator:
+    return Orchestrator(orch_settings, client=engine, progress=record)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
 from stockade.orchestrator.spec import cpu_nanos, startup_nano_cpus
 
-from .conftest import record
 from .test_runtime import leftovers
 
 SLUG = "orch-test-cpu"
@@ -79,11 +78,6 @@ def kernel_cpus(engine: docker.DockerClient, container_id: str) -> float | None:
     result = engine.containers.get(container_id).exec_run(["python3", "-c", program], user="65534:65534")
     assert result.exit_code == 0, result.output
     return json.loads(result.output.decode().strip())
-
-
-@pytest.fixture(scope="module")
-def orchestrator(orch_settings, engine: docker.DockerClient) -> Orchestrator:
-    return Orchestrator(orch_settings, client=engine, progress=record)
 
 
 @pytest.fixture(scope="module")

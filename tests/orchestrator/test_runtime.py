@@ -25,8 +25,6 @@ from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
 from tests.listener import HostListener
 
-from .conftest import record
-
 SLUG = "orch-test-time"
 OTHER_SLUG = "orch-test-other"
 PLANTED = "planted-" + secrets.token_hex(12)
@@ -53,11 +51,6 @@ def leftovers(engine: docker.DockerClient, orchestrator: Orchestrator, slug: str
     found += [n.name for n in engine.networks.list(names=[name])]
     found += firewall.rules_for(orchestrator.key(slug))
     return found
-
-
-@pytest.fixture(scope="module")
-def orchestrator(orch_settings, engine: docker.DockerClient) -> Orchestrator:
-    return Orchestrator(orch_settings, client=engine, progress=record)
 
 
 @pytest.fixture(scope="module")

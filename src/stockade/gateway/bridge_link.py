@@ -10,8 +10,8 @@ gateway's own, so nothing above it depends on which client carries the bytes.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
+
 import aiohttp
 
 CONNECT_TIMEOUT = 5.0
@@ -39,7 +39,7 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise LinkError(type(exc).__name__) from exc
         finally:
             self._response.release()
@@ -48,7 +48,7 @@ class UpstreamResponse:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise LinkError(type(exc).__name__) from exc
 
     async def close(self) -> None:
@@ -61,7 +61,7 @@ class BridgeLink:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> BridgeLink:
+    async def __aenter__(self) -> BridgeLink:  # noqa: PYI034 - a final class in practice
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
@@ -86,6 +86,6 @@ class BridgeLink:
             response = await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
         except aiohttp.ClientConnectorError as exc:
             raise Unreachable(type(exc).__name__) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise LinkError(type(exc).__name__) from exc
         return UpstreamResponse(response)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
-
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
