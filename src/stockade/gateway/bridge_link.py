@@ -26,7 +26,7 @@ class LinkError(Exception):
 
 
 class Unreachable(LinkError):
-    """No connection was made: the request certainly never reached the bridge."""
+    """No connection was made (refused or timed out): the request certainly never reached the bridge."""
 
 
 class UpstreamResponse:
@@ -84,7 +84,7 @@ class BridgeLink:
         try:
             response = await self._pooled.request(method, url, headers=headers, data=body, allow_redirects=False,
                                                   trace_request_ctx=trace)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError, aiohttp.ClientOSError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError) or not trace["reused"]:
                 raise _link_error(exc) from exc
             # A kept-alive connection the bridge had closed while it sat idle (its keep-alive
@@ -119,6 +119,6 @@ async def _note_reuse(_session: aiohttp.ClientSession, context: Any, _params: ob
 
 
 def _link_error(exc: BaseException) -> LinkError:
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
         return Unreachable(type(exc).__name__)
     return LinkError(type(exc).__name__)
