@@ -3,7 +3,7 @@
 Every call through the gateway crosses this hop, so it is the one place where an HTTP client's
 own cost decides the gateway's latency. It is built on aiohttp rather than the project's
 `httpx2`: measured on this 2-core machine, an httpx2 request costs 1.4-1.9 ms of CPU, an
-aiohttp request 0.4 ms (benchmarks/README.md has the figures). Everything else that speaks
+aiohttp request 0.4 ms (README.md, "Benchmarks", has the figures). Everything else that speaks
 HTTP (OIDC discovery, the CLI, readiness probes) keeps `httpx2`; this module's errors are the
 gateway's own, so nothing above it depends on which client carries the bytes.
 """
