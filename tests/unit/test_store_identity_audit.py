@@ -7,8 +7,18 @@ from sqlalchemy import text
 
 from stockade.errors import AuthenticationError, ConflictError, ValidationFailed
 from stockade.gateway.audit import AuditEvent, AuditLog, verify_database
-from stockade.gateway.identity import authenticate, create_member, hash_token, mint_token, revoke_token
+from stockade.gateway.identity import (
+    TOKEN_LOOKUP,
+    Principal,
+    authenticate,
+    create_member,
+    hash_token,
+    mint_token,
+    principal_for,
+    revoke_token,
+)
 from stockade.store.database import Database
+from stockade.store.driver import DriverStatement
 from stockade.store.models import Token
 
 
@@ -47,6 +57,30 @@ def test_revoked_and_expired_tokens_fail(database: Database) -> None:
             authenticate(session, revoked.secret)
         with pytest.raises(AuthenticationError, match="expired"):
             authenticate(session, expired.secret)
+
+
+def test_the_gateways_in_place_lookup_reads_what_sqlalchemy_reads(database: Database) -> None:
+    """On SQLite the gateway looks tokens up on the driver's own connection: the same principal,
+    expiry (a UTC datetime) included, and the same refusals."""
+    if not database.is_sqlite:
+        return  # a database server is asked through SQLAlchemy, from a thread
+    with database.session() as session:
+        member = create_member(session, "cy", "member")
+        live = mint_token(session, member, name="a", ttl=timedelta(days=1))
+        revoked = mint_token(session, member, name="b", ttl=None)
+        expired = mint_token(session, member, name="c", ttl=timedelta(seconds=-1))
+        revoke_token(session, revoked.id)
+    lookup = DriverStatement(TOKEN_LOOKUP, database.engine.dialect)
+    with database.loop_connection() as connection, database.session() as session:
+        def in_place(secret: str) -> Principal:
+            return principal_for(secret, lambda secret_hash: lookup.first(connection, {"secret_hash": secret_hash}))
+
+        principal = in_place(live.secret)
+        assert principal == authenticate(session, live.secret)
+        assert principal.expires_at is not None and principal.expires_at.utcoffset() == timedelta(0)
+        for secret, refusal in ((revoked.secret, "revoked"), (expired.secret, "expired"), (live.secret + "x", "invalid")):
+            with pytest.raises(AuthenticationError, match=refusal):
+                in_place(secret)
 
 
 def test_member_validation(database: Database) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -16,10 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from stockade.store.database import Database
+from stockade.store.driver import DriverStatement
 from stockade.store.models import AuditAnchor, AuditRecord, utcnow
 
 GENESIS = "0" * 64
@@ -65,11 +68,43 @@ _LAST_RECORD = select(AuditRecord.id, AuditRecord.hash).order_by(AuditRecord.id.
 _INSERT_RECORDS = insert(AuditRecord)
 
 
+def _chained(events: Sequence[AuditEvent], last: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """The rows for `events`, chained after `last` (the newest record's id and hash, or None)."""
+    last_id, last_hash = (last[0], last[1]) if last else (0, GENESIS)
+    rows = []
+    for event in events:
+        row: dict[str, Any] = {
+            "id": last_id + 1,
+            "ts": utcnow(),
+            "member": event.member,
+            "token_id": event.token_id,
+            "server": event.server,
+            "method": event.method,
+            "tool": event.tool,
+            "latency_ms": round(event.latency_ms, 3),
+            "outcome": event.outcome,
+            "error_code": event.error_code,
+            "request_id": event.request_id,
+            "prev_hash": last_hash,
+        }
+        row["hash"] = digest_of(row)
+        rows.append(row)
+        last_id, last_hash = row["id"], row["hash"]
+    return rows
+
+
 class AuditLog:
     def __init__(self, database: Database) -> None:
         self._db = database
         # Chaining needs "read the last hash, insert the next" to be atomic within this process.
         self._lock = threading.Lock()
+        dialect = database.engine.dialect
+        self._driver = (
+            (DriverStatement(_LAST_RECORD, dialect), DriverStatement(_INSERT_RECORDS, dialect)) if database.is_sqlite else None
+        )
+        # The (id, hash) of the record last appended in place: the next chains onto it unread. Had
+        # another process appended since, the next id is taken and the insert fails, so it is re-read.
+        self._tail: tuple[int, str] | None = None
 
     def append(self, event: AuditEvent) -> None:
         """Write one record durably; returns only after commit (an acknowledged call is audited)."""
@@ -91,34 +126,43 @@ class AuditLog:
                     raise
                 time.sleep(0.005 * (attempt + 1))
 
+    def append_in_place(self, connection: DBAPIConnection, events: Sequence[AuditEvent]) -> bool:
+        """`append_many` on SQLite's loop connection (`Database.loop_connection`), unless another
+        writer holds the file right now: then False, and nothing was written.
+
+        A SQLite commit is a write to a local file, cheap enough for the gateway's event loop to
+        do in place and far cheaper than handing it to a thread; waiting for a lock, it must not.
+        """
+        if self._driver is None:
+            raise TypeError("records are appended in place only to a SQLite database")
+        last_record, insert_records = self._driver
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")  # the write lock now, or "database is locked" at once
+                rows = _chained(events, self._tail or last_record.first(connection))
+                insert_records.execute_many(connection, rows)
+                connection.commit()
+                self._tail = rows[-1]["id"], rows[-1]["hash"]
+                return True
+            except sqlite3.Error:  # locked, or another process took the next id: the waiting path retries
+                connection.rollback()
+                self._tail = None
+                return False
+            finally:
+                cursor.close()
+        finally:
+            self._lock.release()
+
     def _append_once(self, events: Sequence[AuditEvent]) -> None:
-        # Core statements, not ORM objects: this runs for every call, and the unit of work's
-        # bookkeeping cost more than the insert itself.
+        self._tail = None
+        # Core statements, not ORM objects: the unit of work's bookkeeping costs more than the insert.
         with self._db.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
-            last = connection.execute(_LAST_RECORD).first()
-            last_id, last_hash = (last.id, last.hash) if last else (0, GENESIS)
-            rows = []
-            for event in events:
-                row: dict[str, Any] = {
-                    "id": last_id + 1,
-                    "ts": utcnow(),
-                    "member": event.member,
-                    "token_id": event.token_id,
-                    "server": event.server,
-                    "method": event.method,
-                    "tool": event.tool,
-                    "latency_ms": round(event.latency_ms, 3),
-                    "outcome": event.outcome,
-                    "error_code": event.error_code,
-                    "request_id": event.request_id,
-                    "prev_hash": last_hash,
-                }
-                row["hash"] = digest_of(row)
-                rows.append(row)
-                last_id, last_hash = row["id"], row["hash"]
-            connection.execute(_INSERT_RECORDS, rows)
+            connection.execute(_INSERT_RECORDS, _chained(events, connection.execute(_LAST_RECORD).first()))
 
     def export_lines(self, **filters: Any) -> Iterator[bytes]:
         """Matching records as JSON Lines, in batches (for downloads of any size)."""
@@ -130,6 +174,7 @@ class AuditLog:
     def prune(self, older_than: datetime) -> int:
         """Delete records before `older_than`; the chain stays verifiable from an anchor. Returns the count."""
         with self._lock, self._db.session() as session:
+            self._tail = None
             if session.bind is not None and session.bind.dialect.name == "postgresql":
                 session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
             last = session.execute(

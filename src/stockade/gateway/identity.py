@@ -11,8 +11,10 @@ import functools
 import hashlib
 import json
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
@@ -92,7 +94,7 @@ def revoke_token(session: Session, token_id: str) -> Token:
 
 
 # Built once: constructing the statement costs more than running it.
-_TOKEN_LOOKUP = (
+TOKEN_LOOKUP = (
     select(Token.id, Token.revoked_at, Token.expires_at, Member.name, Member.role, Role.rules)
     .join(Member, Token.member_id == Member.id)
     .join(Role, Role.name == Member.role)
@@ -101,14 +103,16 @@ _TOKEN_LOOKUP = (
 
 
 def authenticate(db: Session | Connection, presented: str | None) -> Principal:
-    """Resolve a bearer token, or raise `AuthenticationError` without saying which check failed.
+    """Resolve a bearer token, or raise `AuthenticationError` without saying which check failed."""
+    return principal_for(presented, lambda secret_hash: db.execute(TOKEN_LOOKUP, {"secret_hash": secret_hash}).first())
 
-    Runs on every request (revocation must hold from the very next one), so it reads columns with
-    one prepared, indexed query rather than loading ORM objects.
-    """
+
+def principal_for(presented: str | None, lookup: Callable[[str], Sequence[Any] | None]) -> Principal:
+    """`authenticate`, with `lookup` running `TOKEN_LOOKUP` for a token's hash (the gateway runs it
+    on SQLite's driver connection in place, on every request: revocation holds from the next one)."""
     if not presented or not presented.startswith(TOKEN_PREFIX):
         raise AuthenticationError("missing or malformed bearer token")
-    row = db.execute(_TOKEN_LOOKUP, {"secret_hash": hash_token(presented)}).first()
+    row = lookup(hash_token(presented))
     if row is None:
         raise AuthenticationError("invalid bearer token")
     token_id, revoked_at, expires_at, member, role, rules = row
