@@ -108,13 +108,17 @@ class Mailbox:
     def get_nowait(self) -> JSON | None:
         return self._items.popleft() if self._items else None
 
-    async def get(self) -> JSON:
-        """The next message; raises `anyio.EndOfStream` once closed and drained."""
-        while not self._items:
-            if self.closed:
-                raise anyio.EndOfStream
+    async def wait(self) -> None:
+        """Return once a message is waiting or the inbox is closed."""
+        while not self._items and not self.closed:
             self._event = anyio.Event()
             await self._event.wait()
+
+    async def get(self) -> JSON:
+        """The next message; raises `anyio.EndOfStream` once closed and drained."""
+        await self.wait()
+        if not self._items:
+            raise anyio.EndOfStream
         return self._items.popleft()
 
     def __len__(self) -> int:
