@@ -111,8 +111,9 @@ class Platform:
         return ClusterDirectory(client.CoreV1Api(api_client), namespace, self.sealer, self.catalog)
 
     def _server(self, app: object, host: str, port: int) -> _Server:
+        # No proxy headers: nothing reads a client's address, and that middleware runs on every call.
         config = uvicorn.Config(app, host=host, port=port, log_level=self.settings.log_level.lower(),
-                                access_log=False, log_config=None)
+                                access_log=False, log_config=None, proxy_headers=False)
         return _Server(config)
 
     async def serve(self, *, gateway: bool = True, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
