@@ -48,10 +48,11 @@ def check_engine(settings: Settings) -> list[Finding]:
             findings.append(Finding(f"image {entry.name}", present, entry.image if present else f"{entry.image} is missing",
                                     "" if present else f"docker load or build {entry.image} (Stockade never pulls)"))
             continue
+        # Not a problem when not built yet: the first deploy builds it (`stockade images` ahead of time).
         tags = client.images.list(name=server_repository(entry.name))
-        findings.append(Finding(f"image {entry.name}", bool(tags),
-                                f"{len(tags)} local build(s)" if tags else "not built yet",
-                                "" if tags else f"stockade images {entry.name}"))
+        findings.append(Finding(f"image {entry.name}", True,
+                                f"{len(tags)} local build(s)" if tags else
+                                f"not built yet: the first deploy builds it, or `stockade images {entry.name}` now"))
     client.close()
     return findings
 
