@@ -6,8 +6,9 @@
 
 `--server time` serves `mcp-server-time` (`get_current_time`); `--server echo` the fixture
 server's trivial `echo` (bridge-only overhead). Each target is measured sequentially (one caller:
-p50/p99 latency) and with `--concurrency` callers (calls/s); `--rounds N` repeats everything N times
-(the machine is shared: report the range). `--gateway` adds the full stack: a running Stockade
+p50/p99 latency) and with `--concurrency` callers (calls/s). All targets run at once and their calls
+alternate in short segments, so that the machine's drift over a run does not read as a difference
+between them; `--rounds N` repeats everything N times (the machine is shared: report the range). `--gateway` adds the full stack: a running Stockade
 gateway URL of a deployed `time` server and a member token; `--container` the same server's bridge
 measured directly (its own token), the baseline for what the gateway adds. Prints figures; asserts nothing.
 Loopback and the project's own containers only.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -251,22 +254,59 @@ def rss_mb(pid: int) -> float | None:
     return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
 
 
-async def measure(target: StdioTarget | HttpTarget, calls: int, concurrency: int) -> tuple[float, float, float, str]:
-    async with target:
-        idle = ""
-        if isinstance(target, HttpTarget):
-            if target.process is not None:
-                await asyncio.sleep(1)
-                rss = rss_mb(target.process.pid)
-                idle = f"{rss:.1f} MB" if rss is not None else ""
-            await target.connections_for(concurrency)
-        await drive(target.call, min(300, calls), concurrency)  # warm-up
-        sequential, _ = await drive(target.call, min(1000, calls), 1)
-        _, elapsed = await drive(target.call, calls, concurrency)
-    sequential.sort()
-    p50 = statistics.median(sequential) * 1000
-    p99 = sequential[max(0, int(len(sequential) * 0.99) - 1)] * 1000
-    return p50, p99, calls / elapsed, idle
+# The machine's speed drifts by a third over minutes (other tenants of the host): targets measured
+# one after the other would show that drift as a difference between them. So every target runs at
+# once and the calls alternate between them, in short segments.
+SEQUENTIAL_SEGMENTS = 10
+CONCURRENT_SEGMENTS = 5
+
+
+@dataclass
+class Figures:
+    sequential: list[float] = field(default_factory=list)
+    calls: int = 0
+    elapsed: float = 0.0
+    idle: str = ""
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.sequential) * 1000
+
+    @property
+    def p99(self) -> float:
+        ordered = sorted(self.sequential)
+        return ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000
+
+
+async def measure(targets: list[StdioTarget | HttpTarget], calls: int, concurrency: int) -> dict[str, Figures]:
+    """Sequential latency (up to 1000 calls) and calls/s (`calls` calls from `concurrency` callers)
+    of every target, their calls interleaved. A target that fails is reported and left out."""
+    figures: dict[str, Figures] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        live: list[StdioTarget | HttpTarget] = []
+        for target in targets:
+            try:
+                live.append(await stack.enter_async_context(target))
+            except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail
+                print(f"{target.name:<24} failed to start: {exc!r}", flush=True)
+        await asyncio.sleep(1)
+        for target in live:
+            figures[target.name] = Figures()
+            if isinstance(target, HttpTarget):
+                if target.process is not None and (rss := rss_mb(target.process.pid)) is not None:
+                    figures[target.name].idle = f"{rss:.1f} MB"
+                await target.connections_for(concurrency)
+            await drive(target.call, min(300, calls), concurrency)  # warm-up
+        for _ in range(SEQUENTIAL_SEGMENTS):
+            for target in live:
+                latencies, _ = await drive(target.call, min(1000, calls) // SEQUENTIAL_SEGMENTS, 1)
+                figures[target.name].sequential += latencies
+        for _ in range(CONCURRENT_SEGMENTS):
+            for target in live:
+                _, elapsed = await drive(target.call, calls // CONCURRENT_SEGMENTS, concurrency)
+                figures[target.name].calls += calls // CONCURRENT_SEGMENTS
+                figures[target.name].elapsed += elapsed
+    return figures
 
 
 def ensure_mcp_proxy() -> str:
@@ -319,25 +359,20 @@ async def main() -> None:
         return chosen
 
     print(f"tools/call {args.server}: sequential p50/p99 over up to 1000 calls; calls/s over {args.calls} calls "
-          f"with {args.concurrency} concurrent callers (one keep-alive connection each)")
+          f"with {args.concurrency} concurrent callers (one keep-alive connection each); all targets run at once, "
+          "their calls alternating in segments")
     print(f"{'target':<24} {'p50 ms':>8} {'p99 ms':>8} {'calls/s @' + str(args.concurrency):>12} {'idle RSS':>10}"
           f" {'added p50':>10}")
     for _ in range(args.rounds):
-        baseline: float | None = None
-        p50s: dict[str, float] = {}
-        for target in targets():
-            try:
-                p50, p99, rate, idle = await measure(target, args.calls, args.concurrency)
-            except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail
-                print(f"{target.name:<24} failed: {exc!r}", flush=True)
-                continue
-            added = "" if baseline is None else f"{p50 - baseline:+.2f} ms"
-            baseline = p50 if baseline is None else baseline
-            p50s[target.name] = p50
-            print(f"{target.name:<24} {p50:8.2f} {p99:8.2f} {rate:12.0f} {idle:>10} {added:>10}", flush=True)
-        if BRIDGE_IN_CONTAINER in p50s and FULL_STACK in p50s:
-            print(f"{'':<24} the gateway adds {p50s[FULL_STACK] - p50s[BRIDGE_IN_CONTAINER]:+.2f} ms p50 over the bridge "
-                  "in its container alone", flush=True)
+        figures = await measure(targets(), args.calls, args.concurrency)
+        baseline = figures.get(StdioTarget.name)
+        for name, figure in figures.items():
+            added = "" if baseline is None or figure is baseline else f"{figure.p50 - baseline.p50:+.2f} ms"
+            print(f"{name:<24} {figure.p50:8.2f} {figure.p99:8.2f} {figure.calls / figure.elapsed:12.0f} {figure.idle:>10}"
+                  f" {added:>10}", flush=True)
+        if BRIDGE_IN_CONTAINER in figures and FULL_STACK in figures:
+            print(f"{'':<24} the gateway adds {figures[FULL_STACK].p50 - figures[BRIDGE_IN_CONTAINER].p50:+.2f} ms p50 "
+                  "over the bridge in its container alone", flush=True)
 
 
 if __name__ == "__main__":

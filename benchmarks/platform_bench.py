@@ -133,8 +133,11 @@ def main() -> None:
         if args.mcp_proxy:
             bench += ["--mcp-proxy", args.mcp_proxy]
         subprocess.run(bench, check=False)
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "bridge_bench.py"), "--server", "echo",
-                        "--calls", str(args.calls)], check=False)
+        echo = [sys.executable, str(REPO / "benchmarks" / "bridge_bench.py"), "--server", "echo", "--calls", str(args.calls),
+                "--rounds", str(args.rounds)]
+        if args.mcp_proxy:
+            echo += ["--mcp-proxy", args.mcp_proxy]
+        subprocess.run(echo, check=False)
 
         if args.fleet:
             started = time.perf_counter()
