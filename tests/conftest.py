@@ -22,6 +22,8 @@ import docker
 import httpx2
 import pytest
 
+from stockade.store.database import Database
+
 REPO = Path(__file__).resolve().parents[1]
 # STOCKADE_TEST_DATABASE=postgresql runs the suite against the local PostgreSQL server that
 # scripts/test starts; each test (and each platform) gets a database of its own.
@@ -203,6 +205,15 @@ def _drop_old_test_databases() -> None:
 @pytest.fixture()
 def database_url(tmp_path: Path) -> str:
     return fresh_database_url(tmp_path)
+
+
+@pytest.fixture()
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database in either run, for what only SQLite does (work in place on the loop)."""
+    db = Database(f"sqlite:///{tmp_path / 'sqlite' / 'stockade.db'}")
+    db.migrate()
+    yield db
+    db.close()
 
 
 @pytest.fixture(scope="session")

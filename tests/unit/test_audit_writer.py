@@ -71,11 +71,18 @@ def test_concurrent_calls_share_commits_and_keep_one_chain(database: Database) -
     assert_chained(database, 300)
 
 
-def test_on_sqlite_each_call_commits_its_own_record_in_place(database: Database) -> None:
-    if not database.is_sqlite:
-        with pytest.raises(TypeError):  # a database server is always asked from a thread
-            database.loop_connection().__enter__()
-        return
+def test_a_database_server_is_never_written_in_place() -> None:
+    """A database server is always asked from a thread: nothing offers to write it on the loop."""
+    server = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # never connected to
+    with pytest.raises(TypeError), server.loop_connection():
+        pass
+    with pytest.raises(TypeError):
+        AuditLog(server).append_in_place(None, [call(1)])  # type: ignore[arg-type]
+    server.close()
+
+
+def test_on_sqlite_each_call_commits_its_own_record_in_place(sqlite_database: Database) -> None:
+    database = sqlite_database
     threads_used = 0
     log = AuditLog(database)
     original = log.append_many
@@ -113,12 +120,11 @@ def test_a_failed_commit_reaches_every_caller_of_its_batch(database: Database) -
     assert acknowledged == [] and len(failures) == 5
 
 
-def test_a_locked_sqlite_file_never_stalls_the_event_loop(database: Database) -> None:
+def test_a_locked_sqlite_file_never_stalls_the_event_loop(sqlite_database: Database) -> None:
     """On SQLite a call commits its record in place, but never waits there for another writer's
     lock: while the file is locked the loop keeps running, the record queues for the writer (which
     waits in a thread), and it lands once the lock is gone, with later records after it."""
-    if not database.is_sqlite:
-        return  # see test_on_sqlite_each_call_commits_its_own_record_in_place
+    database = sqlite_database
     with database.loop_connection() as connection:
         assert connection.execute("PRAGMA busy_timeout").fetchone() == (0,)  # fails at once when locked
     with database.reading() as pooled:
@@ -159,11 +165,10 @@ def test_a_locked_sqlite_file_never_stalls_the_event_loop(database: Database) ->
         assert verify_database(session) == []
 
 
-def test_a_record_another_process_appended_is_chained_onto(database: Database) -> None:
+def test_a_record_another_process_appended_is_chained_onto(sqlite_database: Database) -> None:
     """In place, a call chains onto the record it appended last without reading it back; when
     another process appended meanwhile, nothing is written and the next attempt reads the chain's end."""
-    if not database.is_sqlite:
-        return  # see test_on_sqlite_each_call_commits_its_own_record_in_place
+    database = sqlite_database
     ours, theirs = AuditLog(database), AuditLog(database)
     with database.loop_connection() as connection:
         assert ours.append_in_place(connection, [call(1)])

@@ -59,11 +59,10 @@ def test_revoked_and_expired_tokens_fail(database: Database) -> None:
             authenticate(session, expired.secret)
 
 
-def test_the_gateways_in_place_lookup_reads_what_sqlalchemy_reads(database: Database) -> None:
+def test_the_gateways_in_place_lookup_reads_what_sqlalchemy_reads(sqlite_database: Database) -> None:
     """On SQLite the gateway looks tokens up on the driver's own connection: the same principal,
     expiry (a UTC datetime) included, and the same refusals."""
-    if not database.is_sqlite:
-        return  # a database server is asked through SQLAlchemy, from a thread
+    database = sqlite_database
     with database.session() as session:
         member = create_member(session, "cy", "member")
         live = mint_token(session, member, name="a", ttl=timedelta(days=1))
