@@ -8,10 +8,10 @@
 server's trivial `echo` (bridge-only overhead). Each target is measured sequentially (one caller:
 p50/p99 latency) and with `--concurrency` callers (calls/s). All targets run at once and their calls
 alternate in short segments, so that the machine's drift over a run does not read as a difference
-between them; `--rounds N` repeats everything N times (the machine is shared: report the range). `--gateway` adds the full stack: a running Stockade
-gateway URL of a deployed `time` server and a member token; `--container` the same server's bridge
-measured directly (its own token), the baseline for what the gateway adds. Prints figures; asserts nothing.
-Loopback and the project's own containers only.
+between them; `--rounds N` repeats everything N times (the machine is shared: report the range).
+`--gateway` adds the full stack: a running Stockade gateway URL of a deployed `time` server and a
+member token; `--container` the same server's bridge measured directly (its own token), the
+baseline for what the gateway adds. Prints figures; asserts nothing. Loopback and the project's own containers only.
 
 The client is deliberately lean, so it measures the servers and not itself: raw HTTP/1.1 on one
 keep-alive connection per caller, request bodies pre-encoded (only the id is spliced in), answers
