@@ -23,6 +23,7 @@ from stockade.errors import DeploymentError
 from stockade.orchestrator import firewall
 from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
+from stockade.orchestrator.spec import LABEL_REPLICA
 from tests.listener import HostListener
 
 SLUG = "orch-test-time"
@@ -256,3 +257,36 @@ def test_failed_deploy_reports_redacted_and_cleans_up(
     assert slug in text
     assert TOKEN not in text and PLANTED not in text  # log lines are redacted
     assert leftovers(engine, orchestrator, slug) == []
+
+
+def test_draining_one_instance_survives_siblings_removed_while_listed(
+    engine: docker.DockerClient, orchestrator: Orchestrator, time_entry: CatalogEntry, time_image: BuiltImage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scaling down drains instances side by side: listing a deployment's containers inspects each
+    one, and the siblings' drains keep removing them in between. That must not fail the drain (it
+    once answered the management API's scale with a 500)."""
+    first = orchestrator.deploy(time_entry, slug=OTHER_SLUG, deployment_id="dep-other", env={},
+                                bridge_token=secrets.token_urlsafe(24))
+    labels = engine.containers.get(first.container_id).labels
+    siblings = {engine.containers.create(time_image.tag, labels={**labels, LABEL_REPLICA: str(number)}).id
+                for number in range(1, 9)}
+    inspect = engine.api.inspect_container
+    removed_while_listed: list[str] = []
+
+    def a_sibling_drained_meanwhile(container: str) -> object:
+        if container in siblings and container not in removed_while_listed:
+            engine.api.remove_container(container, force=True)  # the real engine loses it mid-listing
+            removed_while_listed.append(container)
+        return inspect(container)
+
+    monkeypatch.setattr(engine.api, "inspect_container", a_sibling_drained_meanwhile)
+    try:
+        orchestrator.drain(OTHER_SLUG, 0, timeout=1)
+        assert removed_while_listed  # the race happened, on every listing
+        assert orchestrator.status(OTHER_SLUG, 0).state == "absent"
+        assert first.container_id not in {c.id for c in engine.containers.list(all=True)}
+    finally:
+        monkeypatch.undo()
+        orchestrator.remove(OTHER_SLUG)
+    assert leftovers(engine, orchestrator, OTHER_SLUG) == []

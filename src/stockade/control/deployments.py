@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # After the gateway is told to stop routing to an instance, every gateway process has dropped it
 # from its directory cache within CACHE_SECONDS; the margin covers requests resolved just before.
 SWITCH_GRACE = CACHE_SECONDS + 1.0
+# Instances drained side by side when scaling down: below the engine client's connection pool (10),
+# which the supervisor and the API share.
+DRAIN_PARALLELISM = 6
 
 
 @dataclass(frozen=True)
@@ -367,7 +370,7 @@ class Deployments:
         if not numbers:
             return
         time.sleep(SWITCH_GRACE)
-        with ThreadPoolExecutor(max_workers=len(numbers)) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(numbers), DRAIN_PARALLELISM)) as pool:
             list(pool.map(lambda number: self.orchestrator.drain(slug, number), numbers))
         with self._db.session() as session:
             row = self._row(session, slug)

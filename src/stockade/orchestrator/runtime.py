@@ -66,7 +66,6 @@ LOG_LINES_ON_FAILURE = 30
 # How long an instance taken out of service may finish its calls: the engine's stop timeout, above
 # the bridge's own drain (20 s by default) so that the bridge ends them, not SIGKILL.
 DRAIN_SECONDS = 30
-LIST_ATTEMPTS = 5  # listing again after a container vanished mid-list
 # Once a bridge listens it answers /ready in a few ms: ask often. Inspecting the container (has it
 # exited?) costs the engine more and only matters for failures: look less often.
 READY_POLL_SECONDS = 0.02
@@ -608,15 +607,9 @@ class Orchestrator:
 
     # -- lookup and removal --------------------------------------------------------------------------
     def _list_containers(self, filters: dict[str, Any], *, running_only: bool = False) -> list[Any]:
-        """The engine's containers matching `filters`. Listing inspects each one it finds; a container
-        removed in between (a drain running in parallel) makes that fail: list again."""
-        for attempt in range(LIST_ATTEMPTS):
-            try:
-                return self.client.containers.list(all=not running_only, filters=filters)
-            except docker.errors.NotFound:
-                if attempt == LIST_ATTEMPTS - 1:
-                    raise
-        return []
+        """The engine's containers matching `filters`. Listing inspects each one it finds; one removed in
+        between (a drain running in parallel) is left out rather than failing the whole listing."""
+        return self.client.containers.list(all=not running_only, filters=filters, ignore_removed=True)
 
     def _containers(self, slug: str, replica: int) -> list[Any]:
         by_label = [c for c in self._list_containers({"label": self._labels(slug)})
