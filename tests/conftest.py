@@ -6,6 +6,7 @@ Nothing here skips: if the Docker engine or an image cannot be had, the tests th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,18 @@ class RunningPlatform:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def logged_errors(self) -> list[str]:
+        """Error records the platform logged (with their tracebacks): what a failing assertion should show."""
+        errors = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # progress lines are plain text
+            if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+                errors.append(f"{record.get('message', '')}\n{record.get('error', '')}".strip())
+        return errors
 
     @property
     def database_url(self) -> str:

@@ -128,6 +128,6 @@ def test_every_answer_is_declared_in_the_openapi_document(platform: RunningPlatf
         # the run may have revoked every admin token; the fixture's teardown needs a valid one
         platform.admin_token = mint_admin_token(platform)
     print(f"schemathesis: {outcome.scenarios} scenarios, {outcome.reauths} replayed with a fresh admin token")
-    assert not outcome.problems, "\n\n".join(outcome.problems)
+    assert not outcome.problems, "\n\n".join([*outcome.problems, "platform errors:", *platform.logged_errors()])
     assert outcome.stop_reason is StopReason.COMPLETED and outcome.scenarios > 0
     assert not outcome.locked_out(), outcome.locked_out()
