@@ -202,6 +202,7 @@ def test_container_cannot_reach_the_host_but_the_host_reaches_it(
 def test_instances_and_status_find_the_running_server(orchestrator: Orchestrator, deployed: ServerInstance) -> None:
     found = {i.slug: i for i in orchestrator.instances()}
     assert found[SLUG] == deployed
+    assert (SLUG, 0) in orchestrator.running_units()
     # a fresh orchestrator (a restarted control plane) adopts it by its labels
     adopted = {i.slug: i for i in Orchestrator(orchestrator.settings, client=orchestrator.client).instances()}
     assert adopted[SLUG].container_id == deployed.container_id and adopted[SLUG].endpoint == deployed.endpoint
@@ -216,6 +217,7 @@ def test_another_installation_neither_sees_nor_removes_it(
     stranger = Orchestrator(orchestrator.settings.model_copy(update={"data_dir": tmp_path}), client=engine)
     assert stranger.owner != orchestrator.owner
     assert SLUG not in {i.slug for i in stranger.instances()}
+    assert SLUG not in {slug for slug, _ in stranger.running_units()}
     assert stranger.status(SLUG).state == "absent"
     stranger.remove(SLUG)
     assert orchestrator.status(SLUG).running
@@ -282,8 +284,11 @@ def test_draining_one_instance_survives_siblings_removed_while_listed(
 
     monkeypatch.setattr(engine.api, "inspect_container", a_sibling_drained_meanwhile)
     try:
+        assert (OTHER_SLUG, 0) in orchestrator.running_units()
+        assert not {(OTHER_SLUG, number) for number in range(1, 9)} & orchestrator.running_units()  # created, not started
         orchestrator.drain(OTHER_SLUG, 0, timeout=1)
         assert removed_while_listed  # the race happened, on every listing
+        assert (OTHER_SLUG, 0) not in orchestrator.running_units()
         assert orchestrator.status(OTHER_SLUG, 0).state == "absent"
         assert first.container_id not in {c.id for c in engine.containers.list(all=True)}
     finally:

@@ -116,13 +116,15 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebPlatform]:
             stop_platform(running)
 
 
-@pytest.fixture(scope="session")
+# Package-scoped, not session-scoped: Playwright's sync API keeps an asyncio loop running in the
+# main thread while it lives, and any test after the web tests that runs its own loop would fail.
+@pytest.fixture(scope="package")
 def playwright_instance() -> Iterator[Playwright]:
     with sync_playwright() as pw:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install -y chromium"
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

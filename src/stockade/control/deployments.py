@@ -382,9 +382,11 @@ class Deployments:
         with self._db.session() as session:
             return list(session.scalars(select(Deployment.slug).where(Deployment.desired_state == "running")))
 
-    def dead_instances(self, slug: str) -> list[tuple[int, str | None]]:
+    def dead_instances(self, slug: str, running: set[tuple[str, int]]) -> list[tuple[int, str | None]]:
         """Instances that should serve but whose container does not run: (number, why it died).
 
+        `running` is the orchestrator's `running_units()` taken before: an instance found there
+        runs; one missing is asked about on its own (it may have started since).
         The reason is None for one already recorded and waiting for its restart.
         """
         with self._db.session() as session:
@@ -394,7 +396,7 @@ class Deployments:
         for number, status in rows:
             if status == "restarting":
                 dead.append((number, None))
-            elif status == "running":
+            elif status == "running" and (slug, number) not in running:
                 state = self.orchestrator.status(slug, number)
                 if not state.running:
                     dead.append((number, describe_exit(state)))

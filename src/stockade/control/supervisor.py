@@ -71,18 +71,19 @@ class Supervisor:
             self._deployments.orchestrator.record_egress_denials()
         if self._retention is not None and self._passes % RETENTION_EVERY == 1:
             self._retention()
+        running = self._deployments.orchestrator.running_units()
         for slug in self._deployments.supervised():
             with self._deployments.exclusive(slug, wait=False) as ours:
                 if not ours:
                     continue  # a start, scale, rotation or stop is under way: look again next pass
                 try:
-                    self._check(slug)
+                    self._check(slug, running)
                 except NotFoundError:
                     continue  # removed meanwhile
 
-    def _check(self, slug: str) -> None:
+    def _check(self, slug: str, running: set[tuple[str, int]]) -> None:
         now = time.monotonic()
-        for number, exit_reason in self._deployments.dead_instances(slug):
+        for number, exit_reason in self._deployments.dead_instances(slug, running):
             name = slug if number == 0 else f"{slug} (instance {number})"
             history = self._history.setdefault((slug, number), _History())
             if exit_reason is not None:

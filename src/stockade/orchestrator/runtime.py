@@ -254,6 +254,20 @@ class Orchestrator:
                 found.append(instance)
         return sorted(found, key=lambda i: (i.slug, i.replica))
 
+    def running_units(self) -> set[tuple[str, int]]:
+        """(slug, instance number) of every server container of this installation running now.
+
+        One listing without inspecting each container: cheap enough to ask every supervision pass,
+        beside the gateway's event loop in the same process.
+        """
+        found = set()
+        for container in self.client.containers.list(filters={"label": self._labels(), "status": "running"}, sparse=True):
+            labels = container.attrs.get("Labels") or {}
+            replica = _replica_of(labels)
+            if labels.get(LABEL_SERVER) and replica is not None:
+                found.add((labels[LABEL_SERVER], replica))
+        return found
+
     def instance(self, slug: str, replica: int = 0) -> ServerInstance | None:
         container = self._container(slug, replica)
         if container is None or container.status != "running":
@@ -462,7 +476,9 @@ class Orchestrator:
         going down) counts from zero again.
         """
         if slugs is None:
-            slugs = sorted({i.slug for i in self.instances() if i.egress_proxy is not None})
+            proxies = self.client.containers.list(all=True, sparse=True, filters={"label": [
+                f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", egress.LABEL_PROXY_FOR]})
+            slugs = sorted({(c.attrs.get("Labels") or {})[egress.LABEL_PROXY_FOR] for c in proxies})
         added: dict[str, int] = {}
         for slug in slugs:
             count = self.egress_denials(slug)
