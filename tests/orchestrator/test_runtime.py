@@ -295,3 +295,32 @@ def test_draining_one_instance_survives_siblings_removed_while_listed(
         monkeypatch.undo()
         orchestrator.remove(OTHER_SLUG)
     assert leftovers(engine, orchestrator, OTHER_SLUG) == []
+
+
+def test_logs_and_resource_use_of_an_instance_removed_meanwhile_are_empty(
+    engine: docker.DockerClient, orchestrator: Orchestrator, time_entry: CatalogEntry, time_image: BuiltImage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dashboard and the API ask for logs and resource use while a restart or a scale-down may
+    remove the container between finding it and asking the engine: nothing to show, not an error."""
+    instance = orchestrator.deploy(time_entry, slug=OTHER_SLUG, deployment_id="dep-other", env={},
+                                   bridge_token=secrets.token_urlsafe(24))
+    try:
+        assert orchestrator.resource_use(OTHER_SLUG) is not None
+        for method in ("logs", "stats"):
+            original = getattr(engine.api, method)
+
+            def removed_first(container: str, *args: object, _original=original, **kwargs: object) -> object:
+                engine.api.remove_container(container, force=True)
+                return _original(container, *args, **kwargs)
+
+            monkeypatch.setattr(engine.api, method, removed_first)
+        assert orchestrator.logs(OTHER_SLUG) == ""
+        instance = orchestrator.deploy(time_entry, slug=OTHER_SLUG, deployment_id="dep-other", env={},
+                                       bridge_token=secrets.token_urlsafe(24))
+        assert orchestrator.resource_use(OTHER_SLUG) is None
+        assert instance.container_id not in {c.id for c in engine.containers.list(all=True)}
+    finally:
+        monkeypatch.undo()
+        orchestrator.remove(OTHER_SLUG)
+    assert leftovers(engine, orchestrator, OTHER_SLUG) == []

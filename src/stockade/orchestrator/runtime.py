@@ -299,14 +299,20 @@ class Orchestrator:
         container = self._container(slug, replica)
         if container is None:
             return ""
-        return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
+        try:
+            return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.NotFound:
+            return ""  # removed since it was found (a restart or scale-down in parallel): no output left
 
     def resource_use(self, slug: str, replica: int = 0) -> ResourceUse | None:
         """Memory and CPU use of an instance's container now (one sample from the engine)."""
         container = self._container(slug, replica)
         if container is None or container.status != "running":
             return None
-        stats = container.stats(stream=False)
+        try:
+            stats = container.stats(stream=False)
+        except docker.errors.NotFound:
+            return None  # removed since it was found: it uses nothing now
         memory = stats.get("memory_stats", {})
         cpu, precpu = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
         cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - precpu.get("cpu_usage", {}).get("total_usage", 0)
