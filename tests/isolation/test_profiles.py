@@ -22,6 +22,7 @@ from stockade.config import Settings
 from stockade.orchestrator import egress, firewall
 from stockade.orchestrator.images import BuiltImage
 from stockade.orchestrator.runtime import Orchestrator, ServerInstance
+from tests.conftest import wait_for
 from tests.listener import DnsRecorder, dns_answer_addresses, dns_query
 
 from .conftest import (
@@ -392,6 +393,25 @@ def test_three_profiles_differ_exactly_as_documented(fleet: Fleet) -> None:
     expected = {profile: {name for name, where in REACHABILITY.items() if profile in where} for profile in SLUGS}
     assert observed == expected
     assert len({frozenset(v) for v in observed.values()}) == 3
+
+
+def test_a_stopped_egress_proxy_is_started_again(fleet: Fleet, engine: docker.DockerClient) -> None:
+    """While the proxy is down the server has no way out (closed); the supervisor's pass starts it."""
+    slug = SLUGS["egress"]
+    proxy = engine.containers.get(fleet.servers["egress"].egress_proxy)
+    assert fleet.orchestrator.revive_egress_proxies() == []  # nothing stopped: nothing done
+    proxy.stop(timeout=1)
+    try:
+        down = check(fleet, "egress", ["connect", fleet.proxy, "allowed.example.test:443"])
+        assert down[key("connect", fleet.proxy, "allowed.example.test:443")].startswith("error"), down
+        assert fleet.orchestrator.revive_egress_proxies() == [slug]
+    finally:
+        proxy.start()  # idempotent: leaves the module's fleet as it found it, whatever failed above
+    proxy.reload()
+    assert proxy.status == "running"
+    wait_for(lambda: check(fleet, "egress", ["connect", fleet.proxy, "allowed.example.test:443"])[
+        key("connect", fleet.proxy, "allowed.example.test:443")].startswith("tunnel 200"), "the proxy to serve again",
+        timeout=30)
 
 
 # -- a restarted control plane ---------------------------------------------------------------------------

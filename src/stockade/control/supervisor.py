@@ -68,6 +68,8 @@ class Supervisor:
         self._passes += 1
         if self._passes % BRIDGE_EVERY == 0:
             self.observe_bridges()
+            for unit in self._deployments.orchestrator.revive_egress_proxies():
+                log.warning("the egress proxy of %s had stopped; started it again", unit)
             self._deployments.orchestrator.record_egress_denials()
         if self._retention is not None and self._passes % RETENTION_EVERY == 1:
             self._retention()

@@ -463,6 +463,28 @@ class Orchestrator:
                 except docker.errors.APIError as exc:
                     log.error("cannot restart the egress proxy of %r: %s", unit_name(slug, replica), exc)
 
+    def _egress_proxies(self) -> list[tuple[str, int, bool]]:
+        """(slug, instance number, running) of every egress proxy of this installation: one listing
+        without inspecting each container."""
+        found = []
+        for container in self.client.containers.list(all=True, sparse=True, filters={"label": [
+                f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", egress.LABEL_PROXY_FOR]}):
+            labels = container.attrs.get("Labels") or {}
+            replica = _replica_of(labels)
+            if replica is not None:
+                found.append((labels[egress.LABEL_PROXY_FOR], replica, container.attrs.get("State") == "running"))
+        return found
+
+    def revive_egress_proxies(self) -> list[str]:
+        """Start every egress proxy that stopped (its server's way out is closed while it is down);
+        returns the instances whose proxy was started. The supervisor calls this periodically."""
+        revived = []
+        for slug, replica, running in self._egress_proxies():
+            if not running:
+                self._ensure_proxy_running(slug, replica)
+                revived.append(unit_name(slug, replica))
+        return revived
+
     def egress_denials(self, slug: str) -> int:
         """Requests the egress proxies of the server's instances refused (TCP_DENIED lines in their
         logs); 0 without a proxy."""
@@ -482,9 +504,7 @@ class Orchestrator:
         going down) counts from zero again.
         """
         if slugs is None:
-            proxies = self.client.containers.list(all=True, sparse=True, filters={"label": [
-                f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}", egress.LABEL_PROXY_FOR]})
-            slugs = sorted({(c.attrs.get("Labels") or {})[egress.LABEL_PROXY_FOR] for c in proxies})
+            slugs = sorted({slug for slug, _, _ in self._egress_proxies()})
         added: dict[str, int] = {}
         for slug in slugs:
             count = self.egress_denials(slug)
