@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -26,6 +27,8 @@ from typing import Any, Self
 NS_PREFIX = "stkv-"
 LINK_PREFIX = "stkv"
 CANARY_PORT = 443
+ADDRESS_ATTEMPTS = 5
+TEST_NET_3 = re.compile(r"\b203\.0\.113\.\d{1,3}\b")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -154,7 +157,7 @@ class InternetCanary:
         self.namespace = f"{NS_PREFIX}{token}"
         self.host_link = f"{LINK_PREFIX}{token}h"
         self.ns_link = f"{LINK_PREFIX}{token}n"
-        self.address = f"203.0.113.{secrets.randbelow(250) + 2}"
+        self.address = ""  # chosen at setup, among those no route names yet
         self.host_address = f"169.254.{secrets.randbelow(250) + 2}.{secrets.randbelow(250) + 2}"
         self.port = CANARY_PORT
         self._process: subprocess.Popen[str] | None = None
@@ -175,7 +178,7 @@ class InternetCanary:
         _ip("link", "set", self.ns_link, "netns", self.namespace)
         _ip("addr", "add", f"{self.host_address}/32", "dev", self.host_link)
         _ip("link", "set", self.host_link, "up")
-        _ip("route", "add", f"{self.address}/32", "dev", self.host_link, "src", self.host_address)
+        self._route_unused_address()
         ns = ["-n", self.namespace]
         _ip(*ns, "link", "set", "lo", "up")
         _ip(*ns, "addr", "add", f"{self.address}/32", "dev", self.ns_link)
@@ -193,6 +196,24 @@ class InternetCanary:
             raise RuntimeError("the internet canary did not start")
         self._reader = threading.Thread(target=self._read, daemon=True, name="verify-internet-canary")
         self._reader.start()
+
+    def _route_unused_address(self) -> None:
+        """Route a TEST-NET-3 address to the namespace that no route on this host names yet: another
+        verify run's canary, or a test network, may hold one (its route would make ours fail, or
+        worse, send our probes elsewhere). Two runs choosing at once: the loser chooses again."""
+        for _ in range(ADDRESS_ATTEMPTS):
+            routed = set(TEST_NET_3.findall(_ip("-4", "route", "show", "table", "all").stdout))
+            free = [f"203.0.113.{n}" for n in range(2, 255) if f"203.0.113.{n}" not in routed]
+            if not free:
+                break
+            self.address = secrets.choice(free)
+            added = _ip("route", "add", f"{self.address}/32", "dev", self.host_link, "src", self.host_address, check=False)
+            if added.returncode == 0:
+                return
+            if "File exists" not in added.stderr:
+                raise RuntimeError(f"ip route add {self.address}/32 failed: {added.stderr.strip()}")
+        raise RuntimeError("no TEST-NET-3 address (203.0.113.0/24) is free for the internet canary: "
+                           "every one is routed on this host already")
 
     def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None
