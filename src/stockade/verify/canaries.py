@@ -2,9 +2,9 @@
 
 * `HostCanary`: a TCP listener on every host address (0.0.0.0 and ::), recording who connected.
 * `InternetCanary`: a stand-in for "the internet": a network namespace with a veth pair whose
-  namespace end holds an address from TEST-NET-3 (203.0.113.0/24, assigned nowhere else). Inside
-  it a TCP listener (port 443) and a tiny DNS responder (UDP 53, answers every A query with the
-  canary address) run as a child process of verify. The host end gets a link-local address so a
+  namespace end holds an address from TEST-NET-3 (203.0.113.0/24) that no route on the host names
+  yet. Inside it a TCP listener (port 443) and a tiny DNS responder (UDP 53, answers every A query
+  with the canary address) run as a child process of verify. The host end gets a link-local address so a
   server whose network is NOT internal (profile `open`) can reach it (masqueraded) -- that is the
   control that proves the canary is reachable at all when policy allows it.
 """
