@@ -37,11 +37,10 @@ from .jsonrpc import (
     LATEST_MODERN,
     MODERN_VERSIONS,
     PROTOCOL_VERSION_META,
-    RequestId,
     dumps,
     error_object,
 )
-from .multiplexer import Call, Multiplexer, next_peer_uid
+from .multiplexer import AnswerOnlyPeer, Call, Multiplexer
 from .options import Options
 from .process import ServerProcess
 
@@ -66,22 +65,6 @@ class NotReady(Exception):
     def __init__(self, detail: JSON) -> None:
         super().__init__(detail.get("reason", "the server is not ready"))
         self.detail = detail
-
-
-class InternalPeer:
-    """The bridge's own requests (initialize, REST listings): answers nothing."""
-
-    def __init__(self) -> None:
-        self.uid = next_peer_uid()
-
-    def supports(self, capability: str) -> bool:
-        return False
-
-    def next_request_id(self) -> RequestId:
-        return 0
-
-    def deliver(self, message: JSON, call: Call | None) -> None:
-        pass
 
 
 # Where the kernel counts OOM kills of this container's cgroup (v2, then v1). Read before a server
@@ -113,7 +96,7 @@ class Backend:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.mux = Multiplexer(self._enqueue)
-        self.internal = InternalPeer()
+        self.internal = AnswerOnlyPeer()  # the bridge's own requests (initialize)
         self.state = State.starting
         self.reason: str | None = "starting the server"
         self.era: str = "legacy"

@@ -142,6 +142,23 @@ class Peer(Protocol):
         """A message for this peer: related to `call` (still in flight) or to none."""
 
 
+class AnswerOnlyPeer:
+    """A peer that takes nothing but the answers to its own calls (which reach each call's inbox):
+    no notifications, no server-to-client requests. The bridge's own requests and REST callers."""
+
+    def __init__(self) -> None:
+        self.uid = next_peer_uid()
+
+    def supports(self, capability: str) -> bool:
+        return False
+
+    def next_request_id(self) -> RequestId:
+        return 0
+
+    def deliver(self, message: JSON, call: Call | None) -> None:
+        pass
+
+
 class Listener(Protocol):
     def on_broadcast(self, message: JSON) -> None: ...
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .backend import NotReady
 from .hub import Hub
 from .jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND
-from .sessions import RestPeer
+from .multiplexer import AnswerOnlyPeer
 from .streamable import BodyTooLarge, ClientGone, read_body
 
 MAX_PAGES = 100
@@ -33,11 +34,9 @@ class Rest:
 
     async def _call(self, method: str, params: JSON) -> JSON | None:
         """One backend request from a REST caller (its own peer: never sent server requests)."""
-        peer = RestPeer()
+        peer = AnswerOnlyPeer()
         call = self.backend.open(peer, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
                                  streaming=False)
-        import anyio
-
         with anyio.move_on_after(self.hub.options.request_timeout):
             while True:
                 message = await call.inbox.get()

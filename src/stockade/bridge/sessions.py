@@ -127,22 +127,6 @@ class ExchangePeer:
         call.inbox.put(message, essential="id" in message)
 
 
-class RestPeer:
-    """A REST caller: gets answers only (no notifications, no server-to-client requests)."""
-
-    def __init__(self) -> None:
-        self.uid = next_peer_uid()
-
-    def supports(self, capability: str) -> bool:
-        return False
-
-    def next_request_id(self) -> RequestId:
-        return 0
-
-    def deliver(self, message: JSON, call: Call | None) -> None:
-        pass
-
-
 @dataclass(eq=False)
 class ListenStream:
     """One `subscriptions/listen` stream (2026-07-28): broadcast notifications it opted in to."""

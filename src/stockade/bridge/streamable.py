@@ -267,6 +267,16 @@ class Streamable:
         await send_json(send, 200, result_response(request_id, self.hub.initialize_result(negotiated)),
                         {"mcp-session-id": session.id})
 
+    async def _session(self, send: Send, session_id: str | None) -> LegacySession | None:
+        """The live session `session_id` names; else None, after answering 400 (no id) or 404."""
+        if session_id is None:
+            await send_json(send, 400, error_response(None, INVALID_REQUEST, "Bad Request: Missing session ID"))
+            return None
+        session = self.hub.sessions.get(session_id)
+        if session is None:
+            await send_json(send, 404, error_response(None, INVALID_REQUEST, "Not Found: unknown or ended session"))
+        return session
+
     def _negotiate(self, requested: str | None) -> str:
         """The client's revision if the bridge and the backend both speak it, else the newest they do."""
         backend_version = self.backend.protocol_version
@@ -278,9 +288,8 @@ class Streamable:
 
     async def legacy_post(self, receive: Receive, send: Send, headers: Headers, message: Any, session_id: str,
                           has_sse: bool) -> None:
-        session = self.hub.sessions.get(session_id)
+        session = await self._session(send, session_id)
         if session is None:
-            await send_json(send, 404, error_response(None, INVALID_REQUEST, "Not Found: unknown or ended session"))
             return
         version = headers.get(VERSION_HEADER)
         if version is not None and version not in HANDSHAKE_VERSIONS:
@@ -351,13 +360,8 @@ class Streamable:
         await send_json(send, 200, out, headers)
 
     async def get(self, receive: Receive, send: Send, headers: Headers) -> None:
-        session_id = headers.get(SESSION_HEADER)
-        if session_id is None:
-            await send_json(send, 400, error_response(None, INVALID_REQUEST, "Bad Request: Missing session ID"))
-            return
-        session = self.hub.sessions.get(session_id)
+        session = await self._session(send, headers.get(SESSION_HEADER))
         if session is None:
-            await send_json(send, 404, error_response(None, INVALID_REQUEST, "Not Found: unknown or ended session"))
             return
         if not accepts(headers)[1]:
             await send_json(send, 406, error_response(None, INVALID_REQUEST, "Not Acceptable: accept text/event-stream"))
@@ -397,13 +401,8 @@ class Streamable:
             session.last_seen = time.monotonic()
 
     async def delete(self, send: Send, headers: Headers) -> None:
-        session_id = headers.get(SESSION_HEADER)
-        if session_id is None:
-            await send_json(send, 400, error_response(None, INVALID_REQUEST, "Bad Request: Missing session ID"))
-            return
-        session = self.hub.sessions.get(session_id)
+        session = await self._session(send, headers.get(SESSION_HEADER))
         if session is None:
-            await send_json(send, 404, error_response(None, INVALID_REQUEST, "Not Found: unknown or ended session"))
             return
         await self.hub.end_session(session, "the client ended the session")
         await send_empty(send, 200)
