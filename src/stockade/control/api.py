@@ -553,18 +553,9 @@ def create_control_app(
     @api.post("/members/{name}/offboard", responses=_errors(404))
     async def offboard(name: str) -> OffboardOut:
         """Revoke every token of a member and close what they hold open; the member stays for audit."""
-        def run() -> list[str]:
-            with database.session() as session:
-                member = get_member(session, name)
-                member.offboarded_at = utcnow()
-                return [revoke_token(session, token.id).id for token in member.tokens if token.revoked_at is None]
-
-        revoked = await anyio.to_thread.run_sync(run)
-        streams = sessions = 0
-        for token_id in revoked:
-            closed = await gateway.close_token(token_id)
-            streams, sessions = streams + closed.streams, sessions + closed.sessions
-        return OffboardOut(member=name, tokens_revoked=revoked, streams_closed=streams, sessions_closed=sessions)
+        revoked, closed = await gateway.offboard(name)
+        return OffboardOut(member=name, tokens_revoked=revoked, streams_closed=closed.streams,
+                           sessions_closed=closed.sessions)
 
     @api.delete("/members/{name}", responses=_errors(404, 409))
     async def remove_member(name: str, principal: Principal = Depends(require_admin)) -> OffboardOut:

@@ -20,7 +20,6 @@ from mcp.shared.exceptions import MCPError
 
 from stockade import __version__
 from stockade.gateway import jsonrpc
-from stockade.gateway.bridge_link import LinkError
 from stockade.gateway.identity import Principal
 from stockade.gateway.upstream import ServerDirectory
 
@@ -46,21 +45,10 @@ def create_aggregate_server(directory: ServerDirectory, proxy_of: Any) -> Stream
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal, proxy = _principal(ctx), proxy_of()
-        merged: list[types.Tool] = []
-        for upstream in await directory.running():
-            try:
-                response = await proxy.rest(upstream, "GET", "/tools")
-            except LinkError:
-                continue  # a server that cannot answer offers nothing this time
-            if response.status_code != 200:
-                continue
-            call = jsonrpc.Call(id="aggregate", method="tools/list", name=None)
-            rewrite = proxy.list_filter(principal, upstream, call)
-            assert rewrite is not None
-            filtered = await rewrite({"result": response.json()})
-            for tool in filtered["result"].get("tools", []):
-                merged.append(types.Tool.model_validate({**tool, "name": f"{upstream.slug}{SEPARATOR}{tool['name']}"}))
-        return types.ListToolsResult(tools=merged)
+        return types.ListToolsResult(tools=[
+            types.Tool.model_validate({**tool, "name": f"{upstream.slug}{SEPARATOR}{tool['name']}"})
+            for upstream, tool in await proxy.tools_for(principal, await directory.running())
+        ])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         principal, proxy = _principal(ctx), proxy_of()

@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import anyio
 import httpx2
@@ -30,6 +29,7 @@ from stockade.gateway.identity import (
     Principal,
     authenticate,
     bearer_from_header,
+    offboard_member,
     principal_for,
     role_rules,
 )
@@ -80,7 +80,7 @@ class Gateway:
         return f"{self.public_url}/.well-known/oauth-protected-resource{path}"
 
     async def principal(self, request: Request) -> Principal:
-        if {"access_token", "token"} & set(request.query_params):
+        if request.scope.get("query_string") and {"access_token", "token"} & set(request.query_params):
             raise AuthenticationError("tokens in query strings are refused; send Authorization: Bearer")
         presented = bearer_from_header(request.headers.get("authorization"))
         if self.verifier is not None and looks_like_jwt(presented):
@@ -129,6 +129,20 @@ class Gateway:
     async def close_token(self, token_id: str) -> Closed:
         """Close every stream and session held open by a (revoked) token."""
         return await self.streams.close_token(token_id, self.end_upstream_session)
+
+    async def offboard(self, member: str) -> tuple[list[str], Closed]:
+        """Revoke every live token of a member and close what each held open: the ids revoked
+        and the total closed. Raises `NotFoundError` for an unknown member."""
+        def revoke() -> list[str]:
+            with self.database.session() as session:
+                return offboard_member(session, member)
+
+        revoked = await anyio.to_thread.run_sync(revoke)
+        streams = sessions = 0
+        for token_id in revoked:
+            closed = await self.close_token(token_id)
+            streams, sessions = streams + closed.streams, sessions + closed.sessions
+        return revoked, Closed(streams=streams, sessions=sessions)
 
     async def watch_revocations(self) -> None:
         """Close what revoked tokens hold open, also when another process revoked them."""
@@ -205,15 +219,21 @@ def create_gateway_app(gateway: Gateway) -> FrontDoor:
     app = FastAPI(title="Stockade gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     aggregate = create_aggregate_server(gateway.directory, lambda: app.state.proxy)
 
-    async def aggregate_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+    async def identify(request: Request) -> Principal | Response:
+        """The caller, admitted by credential and rate limit; else the 401, 403 or 429 to send."""
         try:
             principal = await gateway.principal(request)
         except (AuthenticationError, InsufficientScope) as exc:
-            await refused(gateway, request, exc)(scope, receive, send)
-            return
+            return refused(gateway, request, exc)
         if (limited := await gateway.throttle(principal)) is not None:
-            await limited(scope, receive, send)
+            return limited
+        return principal
+
+    async def aggregate_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        principal = await identify(request)
+        if isinstance(principal, Response):
+            await principal(scope, receive, send)
             return
         session_id = request.headers.get("mcp-session-id")
         if session_id is not None and not gateway.streams.claim_session(AGGREGATE, session_id, principal.member, principal.token_id):
@@ -227,12 +247,9 @@ def create_gateway_app(gateway: Gateway) -> FrontDoor:
     app.router.routes.append(Route("/mcp", AsgiEndpoint(aggregate_endpoint), methods=["GET", "POST", "DELETE"]))
 
     async def admit(request: Request, slug: str) -> tuple[Principal, Upstream] | Response:
-        try:
-            principal = await gateway.principal(request)
-        except (AuthenticationError, InsufficientScope) as exc:
-            return refused(gateway, request, exc)
-        if (limited := await gateway.throttle(principal)) is not None:
-            return limited
+        principal = await identify(request)
+        if isinstance(principal, Response):
+            return principal
         upstream = await gateway.directory.resolve(slug)
         if upstream is None:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, f"no running server named {slug!r}")
@@ -296,27 +313,12 @@ def create_gateway_app(gateway: Gateway) -> FrontDoor:
     @app.get("/api/v1/tools")
     async def rest_tools(request: Request) -> Response:
         """Every tool the caller may call, on every running server."""
-        try:
-            principal = await gateway.principal(request)
-        except (AuthenticationError, InsufficientScope) as exc:
-            return refused(gateway, request, exc)
-        if (limited := await gateway.throttle(principal)) is not None:
-            return limited
+        principal = await identify(request)
+        if isinstance(principal, Response):
+            return principal
         proxy: McpProxy = request.app.state.proxy
-        listing: list[dict[str, Any]] = []
-        for upstream in await gateway.directory.running():
-            try:
-                response = await proxy.rest(upstream, "GET", "/tools")
-            except LinkError:
-                continue
-            if response.status_code != 200:
-                continue
-            call = jsonrpc.Call(id="rest", method="tools/list", name=None)
-            rewrite = proxy.list_filter(principal, upstream, call)
-            assert rewrite is not None
-            filtered = await rewrite({"result": response.json()})
-            listing += [{"server": upstream.slug, **tool} for tool in filtered["result"].get("tools", [])]
-        return JSONResponse({"tools": listing})
+        listing = await proxy.tools_for(principal, await gateway.directory.running())
+        return JSONResponse({"tools": [{"server": upstream.slug, **tool} for upstream, tool in listing]})
 
     @app.post("/api/v1/servers/{slug}/tools/{tool}:call")
     async def rest_call(slug: str, tool: str, request: Request) -> Response:

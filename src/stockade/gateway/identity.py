@@ -93,6 +93,14 @@ def revoke_token(session: Session, token_id: str) -> Token:
     return token
 
 
+def offboard_member(session: Session, name: str) -> list[str]:
+    """Mark a member offboarded and revoke every token of theirs still live; the ids revoked.
+    The member stays, for the audit trail; a new token makes them active again."""
+    member = get_member(session, name)
+    member.offboarded_at = utcnow()
+    return [revoke_token(session, token.id).id for token in member.tokens if token.revoked_at is None]
+
+
 # Built once: constructing the statement costs more than running it.
 TOKEN_LOOKUP = (
     select(Token.id, Token.revoked_at, Token.expires_at, Member.name, Member.role, Role.rules)

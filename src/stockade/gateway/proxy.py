@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,23 @@ class McpProxy:
                 if replica is candidates[-1]:
                     raise
         raise AssertionError("an upstream always has a replica")
+
+    async def tools_for(self, principal: Principal, upstreams: Iterable[Upstream]) -> list[tuple[Upstream, dict[str, Any]]]:
+        """Every tool `principal` may call on each of `upstreams`, with its server. A server that
+        cannot answer right now offers nothing this time."""
+        listing: list[tuple[Upstream, dict[str, Any]]] = []
+        for upstream in upstreams:
+            try:
+                response = await self.rest(upstream, "GET", "/tools")
+            except LinkError:
+                continue
+            if response.status_code != 200:
+                continue
+            rewrite = self.list_filter(principal, upstream, jsonrpc.Call(id="listing", method="tools/list", name=None))
+            assert rewrite is not None
+            filtered = await rewrite({"result": response.json()})
+            listing += [(upstream, tool) for tool in filtered["result"].get("tools", [])]
+        return listing
 
     async def rest_call(self, principal: Principal, upstream: Upstream, tool: str, arguments: dict[str, Any]) -> Response:
         call = jsonrpc.Call(id=f"rest-{time.time_ns()}", method="tools/call", name=tool)

@@ -890,20 +890,9 @@ def create_dashboard_router(database: Database, deployments: Deployments, gatewa
     async def offboard_action(request: Request, name: str) -> Response:
         web, _ = await ui.require_post(request)
 
-        def run() -> list[str]:
-            with database.session() as session:
-                member = get_member(session, name)
-                if hasattr(member, "offboarded_at"):
-                    member.offboarded_at = utcnow()
-                return [revoke_token(session, t.id).id for t in member.tokens if t.revoked_at is None]
-
-        revoked = await anyio.to_thread.run_sync(run)
-        streams = sessions = 0
-        for token_id in revoked:
-            closed = await gateway.close_token(token_id)
-            streams, sessions = streams + closed.streams, sessions + closed.sessions
-        web.flash("ok", f"Offboarded {name}: {len(revoked)} token(s) revoked, {streams} stream(s) and "
-                        f"{sessions} session(s) closed. The member stays for the audit trail.")
+        revoked, closed = await gateway.offboard(name)
+        web.flash("ok", f"Offboarded {name}: {len(revoked)} token(s) revoked, {closed.streams} stream(s) and "
+                        f"{closed.sessions} session(s) closed. The member stays for the audit trail.")
         raise _Redirect(ui.url(request, "ui_members") + f"#member-{name}")
 
     # -- audit -----------------------------------------------------------------------------------------------
