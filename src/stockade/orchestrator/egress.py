@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,41 +334,14 @@ def proxy_recipe() -> str:
 
 
 def proxy_rootfs_tarball(cache_dir: Path, mirror: str | None, progress: Progress) -> Path:
-    """Debian's squid in a minbase root filesystem, debootstrapped on the host once and cached.
-
-    Nothing is installed inside a container: debootstrap runs on the host from apt's own mirror.
-    """
+    """Debian's squid in a minbase root filesystem, debootstrapped on the host once and cached."""
     from stockade.orchestrator import packages
 
+    def prepare(root: Path) -> None:
+        for directory in ("var/run/squid", "var/spool/squid", "var/log/squid"):
+            (root / directory).mkdir(parents=True, exist_ok=True)
+
     key = packages.sha256_hex(proxy_recipe())[:12]
-    tarball = cache_dir / "egress" / f"{packages.DEBIAN_SUITE}-squid-{key}.tar"
-    with packages.file_lock(cache_dir / "locks" / f"egress-{key}.lock"):
-        if tarball.is_file():
-            progress(f"egress proxy root filesystem: cached ({tarball})")
-            return tarball
-        packages.ensure_host_tool("debootstrap", "debootstrap", progress)
-        mirror_url = packages.apt_mirror(mirror)
-        tarball.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="squid-rootfs.", dir=tarball.parent))
-        try:
-            progress(f"debootstrap {packages.DEBIAN_SUITE} (minbase + squid) from {mirror_url} — about a minute")
-            packages.run(["debootstrap", "--variant=minbase", f"--include={','.join(PROXY_INCLUDE)}",
-                          packages.DEBIAN_SUITE, str(work / "root"), mirror_url], what="debootstrap (squid)",
-                         timeout=1800)
-            root = work / "root"
-            for leftover in ("etc/resolv.conf", "etc/hostname", "etc/hosts"):
-                (root / leftover).unlink(missing_ok=True)
-            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                for item in (root / cache).glob("*"):
-                    if item.is_file():
-                        item.unlink()
-            for directory in ("var/run/squid", "var/spool/squid", "var/log/squid"):
-                (root / directory).mkdir(parents=True, exist_ok=True)
-            partial = work / "rootfs.tar"
-            progress("packing the egress proxy root filesystem")
-            packages.run(["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(partial), "."],
-                         what="tar of the proxy rootfs")
-            partial.rename(tarball)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return tarball
+    return packages.rootfs_tarball(
+        cache_dir / "egress" / f"{packages.DEBIAN_SUITE}-squid-{key}.tar", cache_dir / "locks" / f"egress-{key}.lock",
+        include=PROXY_INCLUDE, label="egress proxy", mirror=mirror, progress=progress, prepare=prepare)

@@ -139,17 +139,22 @@ class ImageBuilder:
 
     def _import_base(self, tag: str) -> str:
         tarball = packages.base_rootfs_tarball(self.cache_dir, self.settings.debian_mirror, self.progress)
+        return self._import_rootfs(tarball, tag, kind="base", settings=['CMD ["/bin/sh"]'])
+
+    def _import_rootfs(self, tarball: Path, tag: str, *, kind: str, settings: list[str]) -> str:
+        """`docker import` a root filesystem tarball as `tag`, labelled as Stockade's image of `kind`,
+        with Dockerfile `settings` (USER, CMD) on top of a plain PATH and locale."""
         repository, _, version = tag.partition(":")
         self.progress(f"importing {tarball.name} as {tag}")
         changes = [
-            f'LABEL {LABEL_MANAGED}="true" {LABEL_KIND}="base"',
+            f'LABEL {LABEL_MANAGED}="true" {LABEL_KIND}="{kind}"',
             'ENV PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" LANG="C.UTF-8"',
-            'CMD ["/bin/sh"]',
+            *settings,
         ]
         try:
             self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version, changes=changes)
         except docker.errors.APIError as exc:
-            raise ImageBuildError(f"docker import of the base rootfs failed: {exc.explanation or exc}") from None
+            raise ImageBuildError(f"docker import of the {kind} rootfs failed: {exc.explanation or exc}") from None
         if self._local_image(tag) is None:
             raise ImageBuildError(f"docker import did not produce {tag}")
         return tag
@@ -172,22 +177,8 @@ class ImageBuilder:
             if self._local_image(tag) is not None:
                 return tag
             tarball = egress.proxy_rootfs_tarball(self.cache_dir, self.settings.debian_mirror, self.progress)
-            repository, _, version = tag.partition(":")
-            self.progress(f"importing {tarball.name} as {tag}")
-            changes = [
-                f'LABEL {LABEL_MANAGED}="true" {LABEL_KIND}="egress-proxy"',
-                'ENV PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" LANG="C.UTF-8"',
-                f'USER {egress.PROXY_USER}',
-                'CMD ["/usr/sbin/squid", "-N"]',
-            ]
-            try:
-                self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version,
-                                                       changes=changes)
-            except docker.errors.APIError as exc:
-                raise ImageBuildError(f"docker import of the proxy rootfs failed: {exc.explanation or exc}") from None
-            if self._local_image(tag) is None:
-                raise ImageBuildError(f"docker import did not produce {tag}")
-            return tag
+            return self._import_rootfs(tarball, tag, kind="egress-proxy",
+                                       settings=[f"USER {egress.PROXY_USER}", 'CMD ["/usr/sbin/squid", "-N"]'])
 
     # -- servers -------------------------------------------------------------------------------------
     def ensure_server_image(self, entry: CatalogEntry) -> BuiltImage:

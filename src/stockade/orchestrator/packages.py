@@ -29,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from stockade.errors import ImageBuildError
@@ -206,38 +206,53 @@ def base_recipe() -> str:
 def base_rootfs_tarball(cache_dir: Path, mirror: str | None, progress: Progress = _noop) -> Path:
     """The base root filesystem as a tarball in the cache (debootstrap it the first time)."""
     key = sha256_hex(base_recipe())[:12]
-    tarball = cache_dir / "base" / f"{DEBIAN_SUITE}-{key}.tar"
-    with file_lock(cache_dir / "locks" / f"base-{key}.lock"):
+    return rootfs_tarball(cache_dir / "base" / f"{DEBIAN_SUITE}-{key}.tar", cache_dir / "locks" / f"base-{key}.lock",
+                          include=BASE_INCLUDE, label="base", mirror=mirror, progress=progress)
+
+
+def rootfs_tarball(
+    tarball: Path,
+    lock: Path,
+    *,
+    include: Sequence[str],
+    label: str,
+    mirror: str | None,
+    progress: Progress,
+    prepare: Callable[[Path], None] | None = None,
+) -> Path:
+    """A Debian minbase root filesystem with `include`, packed at `tarball`: debootstrapped on the
+    host from apt's own mirror the first time (nothing is installed inside a container), then taken
+    from there. `prepare` adjusts the root before it is packed."""
+    with file_lock(lock):
         if tarball.is_file():
-            progress(f"base root filesystem: cached ({tarball})")
+            progress(f"{label} root filesystem: cached ({tarball})")
             return tarball
-        return _debootstrap(tarball, mirror, progress)
-
-
-def _debootstrap(tarball: Path, mirror: str | None, progress: Progress) -> Path:
-    ensure_host_tool("debootstrap", "debootstrap", progress)
-    mirror_url = apt_mirror(mirror)
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="rootfs.", dir=tarball.parent))
-    try:
-        progress(f"debootstrap {DEBIAN_SUITE} (minbase + {', '.join(BASE_INCLUDE)}) from {mirror_url} — about a minute")
-        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_INCLUDE)}", DEBIAN_SUITE,
-             str(work / "root"), mirror_url], what="debootstrap", timeout=1800)
-        root = work / "root"
-        # Nothing of the host's identity or package caches goes into the image.
-        for leftover in ("etc/resolv.conf", "etc/hostname", "etc/hosts"):
-            (root / leftover).unlink(missing_ok=True)
-        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for item in (root / cache).glob("*"):
-                if item.is_file():
-                    item.unlink()
-        partial = work / "rootfs.tar"
-        progress("packing the base root filesystem")
-        run(["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(partial), "."], what="tar of the base rootfs")
-        partial.rename(tarball)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return tarball
+        ensure_host_tool("debootstrap", "debootstrap", progress)
+        mirror_url = apt_mirror(mirror)
+        tarball.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="rootfs.", dir=tarball.parent))
+        try:
+            progress(f"debootstrap {DEBIAN_SUITE} (minbase + {', '.join(include)}) from {mirror_url} — about a minute")
+            run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}", DEBIAN_SUITE,
+                 str(work / "root"), mirror_url], what=f"debootstrap ({label})", timeout=1800)
+            root = work / "root"
+            # Nothing of the host's identity or package caches goes into the image.
+            for leftover in ("etc/resolv.conf", "etc/hostname", "etc/hosts"):
+                (root / leftover).unlink(missing_ok=True)
+            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for item in (root / cache).glob("*"):
+                    if item.is_file():
+                        item.unlink()
+            if prepare is not None:
+                prepare(root)
+            partial = work / "rootfs.tar"
+            progress(f"packing the {label} root filesystem")
+            run(["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(partial), "."],
+                what=f"tar of the {label} rootfs")
+            partial.rename(tarball)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return tarball
 
 
 def ensure_host_tool(binary: str, package: str, progress: Progress = _noop) -> str:
