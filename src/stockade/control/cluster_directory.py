@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any
 
-import anyio
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -21,6 +20,7 @@ from stockade.errors import StockadeError
 from stockade.gateway.upstream import Replica, Upstream
 from stockade.orchestrator.k8s import DiscoveredServer, bridge_token_context, discover_servers
 from stockade.secrets import Sealer
+from stockade.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class ClusterDirectory:
         self._sealer = sealer
         self.catalog = catalog
         self._cache: tuple[float, dict[str, Upstream]] | None = None
+        self._discoveries = SingleFlight(self._discover)
 
     async def resolve(self, slug: str) -> Upstream | None:
         return (await self._upstreams()).get(slug)
@@ -47,15 +48,19 @@ class ClusterDirectory:
         if self._cache is not None and time.monotonic() - self._cache[0] < CACHE_SECONDS:
             return self._cache[1]
         try:
-            found = await anyio.to_thread.run_sync(discover_servers, self._api, self._namespace)
+            return await self._discoveries(self._namespace)
         except (ApiException, HTTPError, OSError) as exc:  # the API server away: keep routing to what was there
             if self._cache is not None:
                 log.warning("server discovery failed (%s); using the last answer", type(exc).__name__)
                 return self._cache[1]
             raise StockadeError(f"cannot list server Services in namespace {self._namespace!r}: {type(exc).__name__}",
                                 hint="check the gateway's service account may list services there") from None
+
+    def _discover(self, namespace: str) -> dict[str, Upstream]:
+        listed_at = time.monotonic()
+        found = discover_servers(self._api, namespace)
         upstreams = {server.slug: upstream for server in found if (upstream := self._upstream(server)) is not None}
-        self._cache = (time.monotonic(), upstreams)
+        self._cache = (listed_at, upstreams)
         return upstreams
 
     def _upstream(self, server: DiscoveredServer) -> Upstream | None:

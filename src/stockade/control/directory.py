@@ -14,6 +14,7 @@ from sqlalchemy import select
 from stockade.catalog import Catalog
 from stockade.gateway.upstream import Replica, Upstream
 from stockade.secrets import Sealer
+from stockade.single_flight import SingleFlight
 from stockade.store.database import Database
 from stockade.store.models import Deployment, Instance
 
@@ -33,13 +34,19 @@ class DeploymentDirectory:
         self._sealer = sealer
         self.catalog = catalog
         self._cache: dict[str, tuple[float, Upstream | None]] = {}
+        self._refreshes = SingleFlight(self._refresh)
 
     async def resolve(self, slug: str) -> Upstream | None:
         cached = self._cache.get(slug)
         if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
-        upstream = await anyio.to_thread.run_sync(self.load, slug)
-        self._cache[slug] = (time.monotonic(), upstream)
+        return await self._refreshes(slug)
+
+    def _refresh(self, slug: str) -> Upstream | None:
+        # Timed from before the read: an answer is never served longer than CACHE_SECONDS after it.
+        read_at = time.monotonic()
+        upstream = self.load(slug)
+        self._cache[slug] = (read_at, upstream)
         return upstream
 
     async def running(self) -> list[Upstream]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from stockade.single_flight import SingleFlight
 from stockade.store.database import Database
 from stockade.store.models import ToolPin, utcnow
 
@@ -26,6 +27,11 @@ CACHE_SECONDS = 1.0
 def tool_digest(tool: Mapping[str, Any]) -> str:
     material = {"name": tool.get("name"), "description": tool.get("description"), "inputSchema": tool.get("inputSchema")}
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _callable(pin: tuple[str, str | None] | None) -> bool:
+    """Approved, and not changed since."""
+    return pin is not None and pin[1] is None
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class ToolPins:
         self._db = database
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, tuple[str, str | None]]]] = {}
+        self._reads = SingleFlight(self._read)
 
     def _cached(self, server: str) -> dict[str, tuple[str, str | None]] | None:
         with self._lock:
@@ -50,12 +57,15 @@ class ToolPins:
         return None
 
     def _pins(self, server: str) -> dict[str, tuple[str, str | None]]:
-        if (cached := self._cached(server)) is not None:
-            return cached
+        cached = self._cached(server)
+        return cached if cached is not None else self._read(server)
+
+    def _read(self, server: str) -> dict[str, tuple[str, str | None]]:
+        read_at = time.monotonic()
         with self._db.session() as session:
             pins = {p.tool: (p.digest, p.changed_digest) for p in session.scalars(select(ToolPin).where(ToolPin.server == server))}
         with self._lock:
-            self._cache[server] = (time.monotonic(), pins)
+            self._cache[server] = (read_at, pins)
         return pins
 
     def _forget(self, server: str) -> None:
@@ -77,16 +87,15 @@ class ToolPins:
         return pinned
 
     def is_callable(self, server: str, tool: str) -> bool:
-        pin = self._pins(server).get(tool)
-        return pin is not None and pin[1] is None
+        return _callable(self._pins(server).get(tool))
 
-    def is_callable_cached(self, server: str, tool: str) -> bool | None:
-        """`is_callable` without touching the database; None when the pins must be read first."""
+    async def is_callable_now(self, server: str, tool: str) -> bool:
+        """`is_callable` for the event loop: from the cache, else from one database read in a
+        thread, shared with every call that asks meanwhile."""
         pins = self._cached(server)
         if pins is None:
-            return None
-        pin = pins.get(tool)
-        return pin is not None and pin[1] is None
+            pins = await self._reads(server)
+        return _callable(pins.get(tool))
 
     def review(self, server: str, tools: Iterable[Mapping[str, Any]]) -> Review:
         pins = self._pins(server)

@@ -123,10 +123,7 @@ class McpProxy:
             return False
         if kind is not Kind.tool:
             return True
-        pinned = self._pins.is_callable_cached(upstream.slug, name)
-        if pinned is None:  # the pins are read from the database about once a second
-            pinned = await anyio.to_thread.run_sync(self._pins.is_callable, upstream.slug, name)
-        return pinned
+        return await self._pins.is_callable_now(upstream.slug, name)
 
     async def authorize(self, principal: Principal, upstream: Upstream, call: jsonrpc.Call) -> Response | None:
         """None when the call may proceed; otherwise the (audited) refusal to send back."""
