@@ -13,6 +13,10 @@ between them; `--rounds N` repeats everything N times (the machine is shared: re
 member token; `--container` the same server's bridge measured directly (its own token), the
 baseline for what the gateway adds. Prints figures; asserts nothing. Loopback and the project's own containers only.
 
+Where the CPU goes: while each target serves its concurrent callers, the CPU time (from /proc) of
+every process on its path (`--gateway-pid`, `--container-pids` for the processes outside this
+one's reach), of this client and of the whole machine, per call.
+
 The client is deliberately lean, so it measures the servers and not itself: raw HTTP/1.1 on one
 keep-alive connection per caller, request bodies pre-encoded (only the id is spliced in), answers
 checked by a byte search rather than parsed; the stdio baseline likewise writes pre-encoded lines
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -137,6 +142,9 @@ class StdioTarget:
         self.process.stdin.write(encode(request_id) + b"\n")  # type: ignore[union-attr]
         return await asyncio.wait_for(future, 60)
 
+    def processes(self) -> dict[str, list[int]]:
+        return {"server": [self.process.pid]} if self.process is not None else {}
+
     async def call(self, caller: int, i: int) -> None:
         self.next_id += 1
         answer = await self._request(self.server.call, self.next_id)
@@ -173,8 +181,11 @@ class HttpTarget:
     """A Streamable HTTP front (legacy session, JSON or SSE answers), started as a subprocess."""
 
     def __init__(self, name: str, argv: list[str], url: str, headers: dict[str, str], server: Server,
-                 bootstrap: bool = False) -> None:
+                 bootstrap: bool = False, role: str = "", outside: dict[str, list[int]] | None = None) -> None:
         self.name, self.argv, self.url, self.server, self.bootstrap = name, argv, url, server, bootstrap
+        # `role`: what the started process is (its children are the server); `outside`: the
+        # processes of a target this benchmark did not start, by role.
+        self.role, self.outside = role, outside or {}
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.base_head = (f"POST {parts.path or '/'} HTTP/1.1\r\nhost: {parts.netloc}\r\n"
@@ -218,6 +229,11 @@ class HttpTarget:
         self.connections = [first]
         return self
 
+    def processes(self) -> dict[str, list[int]]:
+        if self.process is None:
+            return self.outside
+        return {self.role: [self.process.pid], "server": children(self.process.pid)}
+
     async def connections_for(self, count: int) -> None:
         while len(self.connections) < count:
             self.connections.append(await self._connect())
@@ -245,6 +261,47 @@ class HttpTarget:
             self.process.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) a process has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of a process."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], list(parents.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending += parents.get(child, [])
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (not idle, not waiting for I/O), all CPUs."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
+
+
+def client_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mb(pid: int) -> float | None:
     """Resident memory of one process (not its children), from /proc."""
     try:
@@ -267,6 +324,13 @@ class Figures:
     calls: int = 0
     elapsed: float = 0.0
     idle: str = ""
+    cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds over the concurrent calls
+    busy: float = 0.0  # the machine's busy CPU seconds over the same time
+
+    def cpu_line(self) -> str:
+        """CPU per call by role, at the concurrent calls; and the machine's busy CPUs."""
+        parts = ", ".join(f"{role} {seconds / self.calls * 1e6:.0f}" for role, seconds in self.cpu.items())
+        return f"{parts} µs a call; machine {self.busy / self.elapsed:.2f} of {os.cpu_count()} CPUs busy"
 
     @property
     def p50(self) -> float:
@@ -303,9 +367,17 @@ async def measure(targets: list[StdioTarget | HttpTarget], calls: int, concurren
                 figures[target.name].sequential += latencies
         for _ in range(CONCURRENT_SEGMENTS):
             for target in live:
+                figure = figures[target.name]
+                processes = target.processes()
+                before = {role: sum(map(cpu_seconds, pids)) for role, pids in processes.items()}
+                client, busy = client_seconds(), machine_busy_seconds()
                 _, elapsed = await drive(target.call, calls // CONCURRENT_SEGMENTS, concurrency)
-                figures[target.name].calls += calls // CONCURRENT_SEGMENTS
-                figures[target.name].elapsed += elapsed
+                for role, pids in processes.items():
+                    figure.cpu[role] = figure.cpu.get(role, 0.0) + sum(map(cpu_seconds, pids)) - before[role]
+                figure.cpu["client"] = figure.cpu.get("client", 0.0) + client_seconds() - client
+                figure.busy += machine_busy_seconds() - busy
+                figure.calls += calls // CONCURRENT_SEGMENTS
+                figure.elapsed += elapsed
     return figures
 
 
@@ -332,8 +404,16 @@ async def main() -> None:
     parser.add_argument("--token", help="member token for --gateway")
     parser.add_argument("--container", help="MCP URL of the bridge (in its container) behind --gateway, measured directly")
     parser.add_argument("--container-token", help="that bridge's own token")
+    parser.add_argument("--gateway-pid", type=int, help="the gateway's process, for where the CPU goes")
+    parser.add_argument("--container-pids", default="",
+                        help="the container's processes as role=pid,... (e.g. bridge=12,server=34)")
     args = parser.parse_args()
     server = SERVERS[args.server]
+    in_container: dict[str, list[int]] = {}
+    for pair in filter(None, args.container_pids.split(",")):
+        role, _, pid = pair.partition("=")
+        in_container.setdefault(role, []).append(int(pid))
+    on_gateway = {"gateway": [args.gateway_pid]} if args.gateway_pid else {}
     mcp_proxy = None if args.no_mcp_proxy else (args.mcp_proxy or ensure_mcp_proxy())
 
     def targets() -> list[StdioTarget | HttpTarget]:
@@ -344,18 +424,19 @@ async def main() -> None:
                                            str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--",
                                            *server.command],
                        f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, server,
-                       bootstrap=True),
+                       bootstrap=True, role="bridge"),
         ]
         if args.container and args.server == "time":
             chosen.append(HttpTarget(BRIDGE_IN_CONTAINER, [], args.container,
-                                     {"authorization": f"Bearer {args.container_token}"}, server))
+                                     {"authorization": f"Bearer {args.container_token}"}, server, outside=in_container))
         if args.gateway and args.server == "time":
-            chosen.append(HttpTarget(FULL_STACK, [], args.gateway, {"authorization": f"Bearer {args.token}"}, server))
+            chosen.append(HttpTarget(FULL_STACK, [], args.gateway, {"authorization": f"Bearer {args.token}"}, server,
+                                     outside={**on_gateway, **in_container}))
         if mcp_proxy:
             port = free_port()
             chosen.append(HttpTarget("mcp-proxy (PyPI)", [mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
                                                           "--pass-environment", "--", *server.command],
-                                     f"http://127.0.0.1:{port}/mcp", {}, server))
+                                     f"http://127.0.0.1:{port}/mcp", {}, server, role="mcp-proxy"))
         return chosen
 
     print(f"tools/call {args.server}: sequential p50/p99 over up to 1000 calls; calls/s over {args.calls} calls "
@@ -370,6 +451,9 @@ async def main() -> None:
             added = "" if baseline is None or figure is baseline else f"{figure.p50 - baseline.p50:+.2f} ms"
             print(f"{name:<24} {figure.p50:8.2f} {figure.p99:8.2f} {figure.calls / figure.elapsed:12.0f} {figure.idle:>10}"
                   f" {added:>10}", flush=True)
+        print(f"where the CPU goes at {args.concurrency} concurrent:")
+        for name, figure in figures.items():
+            print(f"  {name:<22} {figure.cpu_line()}")
         if BRIDGE_IN_CONTAINER in figures and FULL_STACK in figures:
             print(f"{'':<24} the gateway adds {figures[FULL_STACK].p50 - figures[BRIDGE_IN_CONTAINER].p50:+.2f} ms p50 "
                   "over the bridge in its container alone", flush=True)

@@ -73,6 +73,21 @@ def bridge_of(data_dir: Path, slug: str) -> tuple[str, str]:
         database.close()
 
 
+def container_processes(slug: str) -> str:
+    """The host pids of a deployed server's bridge and server, as bridge_bench's --container-pids."""
+    client = docker.from_env(version="auto")
+    try:
+        (container,) = client.containers.list(filters={"label": f"io.stockade.server={slug}"})
+        top = container.top(ps_args="-eo pid,args")
+    finally:
+        client.close()
+    roles = []
+    for pid, command in top["Processes"]:
+        if "docker-init" not in command:
+            roles.append(f"{'bridge' if 'stockade.bridge' in command else 'server'}={pid}")
+    return ",".join(roles)
+
+
 def start(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], str, str]:
     gateway, control = free_port(), free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}, "STOCKADE_DATA_DIR": str(data_dir),
@@ -129,7 +144,8 @@ def main() -> None:
         endpoint, bridge_token = bridge_of(data_dir, "calls")
         bench = [sys.executable, str(REPO / "benchmarks" / "bridge_bench.py"), "--server", "time", "--calls",
                  str(args.calls), "--rounds", str(args.rounds), "--gateway", f"{gateway}/servers/calls/mcp", "--token", token,
-                 "--container", f"{endpoint}/mcp", "--container-token", bridge_token]
+                 "--container", f"{endpoint}/mcp", "--container-token", bridge_token,
+                 "--gateway-pid", str(process.pid), "--container-pids", container_processes("calls")]
         if args.mcp_proxy:
             bench += ["--mcp-proxy", args.mcp_proxy]
         subprocess.run(bench, check=False)
