@@ -264,10 +264,15 @@ class HttpTarget:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc/<pid>/stat file after the command name (which may hold spaces)."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user and system, all threads) a process has used; 0 once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
@@ -279,7 +284,7 @@ def children(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent = int(stat_fields(entry / "stat")[1])
             except OSError:
                 continue
             parents.setdefault(parent, []).append(int(entry.name))
