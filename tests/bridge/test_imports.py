@@ -11,7 +11,7 @@ FORBIDDEN = ("pydantic", "pydantic_settings", "fastapi", "httpx2", "sqlalchemy",
 
 
 def test_bridge_imports_only_its_requirements() -> None:
-    code = ("import sys, stockade.bridge.__main__, stockade.bridge.http;"
+    code = ("import sys, stockade.bridge.__main__, stockade.bridge.http, stockade.http_protocol;"
             f"bad = [m for m in sys.modules if m in {FORBIDDEN!r} or m.split('.')[0] in {FORBIDDEN!r}];"
             "print(bad)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)

@@ -100,9 +100,18 @@ def _http_server(options: Options, hub: Hub, loop: asyncio.AbstractEventLoop) ->
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(max(1, options.drain_timeout)),
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(),
     )
     return BridgeServer(config)
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """httptools, writing each response in one piece; h11 where httptools is not installed."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from stockade.http_protocol import OneWriteHttpProtocol
+
+    return OneWriteHttpProtocol
 
 
 if __name__ == "__main__":

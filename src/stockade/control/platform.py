@@ -25,6 +25,7 @@ from stockade.gateway.identity import MintedToken, create_member, mint_token
 from stockade.gateway.oidc import OidcConfig
 from stockade.gateway.pins import ToolPins
 from stockade.gateway.upstream import ServerDirectory
+from stockade.http_protocol import OneWriteHttpProtocol
 from stockade.logs import configure_logging
 from stockade.orchestrator.k8s import load_api_client
 from stockade.orchestrator.runtime import Orchestrator
@@ -113,7 +114,7 @@ class Platform:
     def _server(self, app: object, host: str, port: int) -> _Server:
         # No proxy headers: nothing reads a client's address, and that middleware runs on every call.
         config = uvicorn.Config(app, host=host, port=port, log_level=self.settings.log_level.lower(),
-                                access_log=False, log_config=None, proxy_headers=False)
+                                access_log=False, log_config=None, proxy_headers=False, http=OneWriteHttpProtocol)
         return _Server(config)
 
     async def serve(self, *, gateway: bool = True, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
