@@ -17,6 +17,11 @@ Where the CPU goes: while each target serves its concurrent callers, the CPU tim
 every process on its path (`--gateway-pid`, `--container-pids` for the processes outside this
 one's reach), of this client and of the whole machine, per call.
 
+Against the targets: each round reads the speed targets of the bridge's and the gateway's issues
+off its own figures (bridge +0.5 ms p50 and 3x mcp-proxy's calls/s, 40 MB idle; gateway +1 ms p50
+over its bridge; full stack 2x mcp-proxy's calls/s) and says which it met; with `--rounds` above 1,
+how many rounds met each, and the range.
+
 The client is deliberately lean, so it measures the servers and not itself: raw HTTP/1.1 on one
 keep-alive connection per caller, request bodies pre-encoded (only the id is spliced in), answers
 checked by a byte search rather than parsed; the stdio baseline likewise writes pre-encoded lines
@@ -46,8 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = [sys.executable, str(REPO / "tests" / "fixtures" / "fixture_server.py")]
 CACHE = Path(os.environ.get("STOCKADE_TEST_CACHE", Path.home() / ".cache" / "stockade-tests"))
 TOKEN = "bench-token-0123456789"
+BRIDGE = "stockade bridge"
 BRIDGE_IN_CONTAINER = "bridge in container"
 FULL_STACK = "stockade full stack"
+MCP_PROXY = "mcp-proxy (PyPI)"
 INIT = (b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
         b'"capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}')
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
@@ -328,7 +335,7 @@ class Figures:
     sequential: list[float] = field(default_factory=list)
     calls: int = 0
     elapsed: float = 0.0
-    idle: str = ""
+    idle_mb: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds over the concurrent calls
     busy: float = 0.0  # the machine's busy CPU seconds over the same time
 
@@ -338,6 +345,11 @@ class Figures:
         return f"{parts} µs a call; machine {self.busy / self.elapsed:.2f} of {os.cpu_count()} CPUs busy"
 
     @property
+    def rate(self) -> float:
+        """Calls/s at the concurrent calls."""
+        return self.calls / self.elapsed
+
+    @property
     def p50(self) -> float:
         return statistics.median(self.sequential) * 1000
 
@@ -345,6 +357,44 @@ class Figures:
     def p99(self) -> float:
         ordered = sorted(self.sequential)
         return ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A speed target of the bridge's and the gateway's issues, read off one round's figures."""
+
+    name: str
+    read_figures: Callable[[dict[str, Figures]], float | None]
+    needs: tuple[str, ...]
+    bound: float
+    at_most: bool  # the figure must stay at or under the bound (else reach it)
+    unit: str  # "ms" for added latency (shown with a sign), "MB", or "x" for a ratio of calls/s
+
+    def read(self, figures: dict[str, Figures]) -> float | None:
+        return self.read_figures(figures) if all(name in figures for name in self.needs) else None
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.at_most else value >= self.bound
+
+    def shown(self, value: float) -> str:
+        return {"ms": f"{value:+.2f} ms", "MB": f"{value:.1f} MB", "x": f"{value:.2f}x"}[self.unit]
+
+    @property
+    def bound_text(self) -> str:
+        return f"{'at most' if self.at_most else 'at least'} {self.shown(self.bound)}"
+
+
+GOALS = (
+    Goal("bridge: added p50 over direct stdio", lambda f: f[BRIDGE].p50 - f[StdioTarget.name].p50,
+         (BRIDGE, StdioTarget.name), 0.5, True, "ms"),
+    Goal("bridge: calls/s against mcp-proxy's", lambda f: f[BRIDGE].rate / f[MCP_PROXY].rate,
+         (BRIDGE, MCP_PROXY), 3.0, False, "x"),
+    Goal("bridge: idle memory", lambda f: f[BRIDGE].idle_mb, (BRIDGE,), 40.0, True, "MB"),
+    Goal("gateway: added p50 over its bridge", lambda f: f[FULL_STACK].p50 - f[BRIDGE_IN_CONTAINER].p50,
+         (FULL_STACK, BRIDGE_IN_CONTAINER), 1.0, True, "ms"),
+    Goal("full stack: calls/s against mcp-proxy's", lambda f: f[FULL_STACK].rate / f[MCP_PROXY].rate,
+         (FULL_STACK, MCP_PROXY), 2.0, False, "x"),
+)
 
 
 async def measure(targets: list[StdioTarget | HttpTarget], calls: int, concurrency: int) -> dict[str, Figures]:
@@ -363,7 +413,7 @@ async def measure(targets: list[StdioTarget | HttpTarget], calls: int, concurren
             figures[target.name] = Figures()
             if isinstance(target, HttpTarget):
                 if target.process is not None and (rss := rss_mb(target.process.pid)) is not None:
-                    figures[target.name].idle = f"{rss:.1f} MB"
+                    figures[target.name].idle_mb = rss
                 await target.connections_for(concurrency)
             await drive(target.call, min(300, calls), concurrency)  # warm-up
         for _ in range(SEQUENTIAL_SEGMENTS):
@@ -425,7 +475,7 @@ async def main() -> None:
         bridge_port = free_port()
         chosen: list[StdioTarget | HttpTarget] = [
             StdioTarget(server),
-            HttpTarget("stockade bridge", [sys.executable, "-m", "stockade.bridge", "--host", "127.0.0.1", "--port",
+            HttpTarget(BRIDGE, [sys.executable, "-m", "stockade.bridge", "--host", "127.0.0.1", "--port",
                                            str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--",
                                            *server.command],
                        f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, server,
@@ -439,7 +489,7 @@ async def main() -> None:
                                      outside={**on_gateway, **in_container}))
         if mcp_proxy:
             port = free_port()
-            chosen.append(HttpTarget("mcp-proxy (PyPI)", [mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
+            chosen.append(HttpTarget(MCP_PROXY, [mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
                                                           "--pass-environment", "--", *server.command],
                                      f"http://127.0.0.1:{port}/mcp", {}, server, role="mcp-proxy"))
         return chosen
@@ -449,19 +499,27 @@ async def main() -> None:
           "their calls alternating in segments")
     print(f"{'target':<24} {'p50 ms':>8} {'p99 ms':>8} {'calls/s @' + str(args.concurrency):>12} {'idle RSS':>10}"
           f" {'added p50':>10}")
+    readings: dict[Goal, list[float]] = {}
     for _ in range(args.rounds):
         figures = await measure(targets(), args.calls, args.concurrency)
         baseline = figures.get(StdioTarget.name)
         for name, figure in figures.items():
             added = "" if baseline is None or figure is baseline else f"{figure.p50 - baseline.p50:+.2f} ms"
-            print(f"{name:<24} {figure.p50:8.2f} {figure.p99:8.2f} {figure.calls / figure.elapsed:12.0f} {figure.idle:>10}"
-                  f" {added:>10}", flush=True)
+            idle = "" if figure.idle_mb is None else f"{figure.idle_mb:.1f} MB"
+            print(f"{name:<24} {figure.p50:8.2f} {figure.p99:8.2f} {figure.rate:12.0f} {idle:>10} {added:>10}", flush=True)
         print(f"where the CPU goes at {args.concurrency} concurrent:")
         for name, figure in figures.items():
             print(f"  {name:<22} {figure.cpu_line()}")
-        if BRIDGE_IN_CONTAINER in figures and FULL_STACK in figures:
-            print(f"{'':<24} the gateway adds {figures[FULL_STACK].p50 - figures[BRIDGE_IN_CONTAINER].p50:+.2f} ms p50 "
-                  "over the bridge in its container alone", flush=True)
+        print("against the targets:")
+        for goal in GOALS:
+            if (value := goal.read(figures)) is not None:
+                readings.setdefault(goal, []).append(value)
+                print(f"  {goal.name:<40} {goal.shown(value):>9}  ({goal.bound_text}: {'met' if goal.met(value) else 'NOT met'})")
+    if args.rounds > 1 and readings:
+        print(f"the targets over {args.rounds} rounds:")
+        for goal, values in readings.items():
+            print(f"  {goal.name:<40} met in {sum(map(goal.met, values))} of {len(values)}"
+                  f" ({goal.shown(min(values))} to {goal.shown(max(values))})")
 
 
 if __name__ == "__main__":

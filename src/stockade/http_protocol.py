@@ -3,13 +3,14 @@
 uvicorn writes a response's status line and headers as one socket write and its body as another.
 The socket has TCP_NODELAY, so each write is its own segment: a send() here, and a wakeup and a
 read() in the receiver. Every call through Stockade crosses two of these servers (the gateway and
-the bridge), and on a 2-core machine at 20 concurrent calls their CPU is what bounds calls/s.
+the bridge), and under load the processes on a call's path share the machine's CPUs. Counted with
+strace on the bridge over about 3,000 calls: 8,357 writes with uvicorn's protocol, 5,129 with this.
 
 No option of uvicorn joins the two, and its protocol class writes to the transport directly, so
 the join is made here, by hand, in the transport uvicorn is given: the bytes written during one turn
 of the event loop go out together at the start of the next. A response written in one turn (the
 head, then a whole body) becomes one write; a stream's later chunks go out each in its own turn,
-as before. Nothing is held back longer than the task that wrote it takes to yield.
+as before. Nothing is held past the next turn of the loop.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class _JoiningTransport(asyncio.Transport):
             self.write(data)
 
     def _flush(self) -> None:
-        if self._held:
-            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-            self._held.clear()
-            self._held_size = 0
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        self._held_size = 0
+        if not self._inner.is_closing():  # the peer went away meanwhile: there is no one to send to
             self._inner.write(data)
 
     def get_write_buffer_size(self) -> int:
