@@ -476,8 +476,7 @@ async def main() -> None:
         chosen: list[StdioTarget | HttpTarget] = [
             StdioTarget(server),
             HttpTarget(BRIDGE, [sys.executable, "-m", "stockade.bridge", "--host", "127.0.0.1", "--port",
-                                           str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--",
-                                           *server.command],
+                                str(bridge_port), "--bootstrap-stdin", "--log-level", "warning", "--", *server.command],
                        f"http://127.0.0.1:{bridge_port}/mcp", {"authorization": f"Bearer {TOKEN}"}, server,
                        bootstrap=True, role="bridge"),
         ]
@@ -490,7 +489,7 @@ async def main() -> None:
         if mcp_proxy:
             port = free_port()
             chosen.append(HttpTarget(MCP_PROXY, [mcp_proxy, "--host", "127.0.0.1", "--port", str(port),
-                                                          "--pass-environment", "--", *server.command],
+                                                 "--pass-environment", "--", *server.command],
                                      f"http://127.0.0.1:{port}/mcp", {}, server, role="mcp-proxy"))
         return chosen
 
